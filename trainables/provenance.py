@@ -1,0 +1,165 @@
+"""Collect where and with what a run ran: git state, system and package versions.
+
+:func:`get_environment_info` only collects and returns a JSON-ready dict, like accelerate's
+``commands/env.py``; printing and writing it are someone else's job. It never raises: whatever
+cannot be determined is None. Package versions come from installed metadata, so heavy packages
+(scanpy, ray, wandb) are never imported here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import torch
+
+T = TypeVar("T")
+
+PACKAGES = (
+    "torch",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scanpy",
+    "anndata",
+    "scikit-learn",
+    "scikit-misc",
+    "ray",
+    "wandb",
+    "pyyaml",
+    "gitpython",
+    "invae-sweep",
+)
+"""Distributions whose versions are recorded, by their names on PyPI."""
+
+_PACKAGE_DIR = Path(__file__).resolve().parent  # inside the project checkout when not installed
+_SSH_SCHEMES = ("ssh", "git+ssh", "ssh+git")  # where a user name is not a secret
+
+
+def get_environment_info(repo_path: str | Path | None = None) -> dict[str, Any]:
+    """Return the git state, system description and package versions of this process.
+
+    Args:
+        repo_path: A path inside the git repository to describe. None: the repository holding
+            this package's source (the project checkout), else the current directory's.
+
+    Returns:
+        ``{"git": {...}, "system": {...}, "packages": {...}}``:
+
+        - ``git``: ``commit`` (hex SHA), ``branch`` (None on a detached HEAD), ``is_dirty``
+          (tracked files differ from HEAD; untracked files do not count) and ``remote_url``
+          (``origin``, else the first remote, with credentials stripped). Each is None when it
+          cannot be determined: outside a repository, without a git binary, before the first
+          commit.
+        - ``system``: ``python_version``, ``platform``, ``processor``, ``hostname``,
+          ``torch_version``, ``cuda_available``, ``cuda_version`` and ``cudnn_version`` (those
+          torch was built with; None for a CPU build), ``gpu_count``, ``gpu_names``,
+          ``gpu_memory`` (total memory per device, in bytes), ``cpu_count`` (logical CPUs of
+          the machine) and ``torch_num_threads``.
+        - ``packages``: installed version of each name in :data:`PACKAGES`, None if absent.
+
+    Note:
+        With a GPU present this initializes CUDA in the calling process (not cuBLAS): call
+        :func:`trainables.seeding.set_seed` first, and not in a parent that later forks
+        CUDA workers.
+    """
+    return {"git": _git_info(repo_path), "system": _system_info(), "packages": _package_versions()}
+
+
+def strip_credentials(url: str) -> str:
+    """Return a remote URL without the user name and password it may carry.
+
+    ``https://user:token@host/x.git`` and ``https://token@host/x.git`` become
+    ``https://host/x.git``. For ``ssh://`` URLs only a password is removed: the user name
+    (``git``) is needed to clone and is not a secret. scp-like addresses
+    (``git@github.com:org/x.git``) and local paths are returned unchanged.
+    """
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)  # a password may itself contain "@"
+    if parts.scheme in _SSH_SCHEMES:
+        host = f"{userinfo.split(':', 1)[0]}@{host}"
+    return urlunsplit(parts._replace(netloc=host))
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def _git_info(repo_path: str | Path | None) -> dict[str, Any]:
+    info: dict[str, Any] = dict.fromkeys(("commit", "branch", "is_dirty", "remote_url"))
+    candidates = [_PACKAGE_DIR, Path.cwd()] if repo_path is None else [Path(repo_path)]
+    repo = _open_repo(candidates)
+    if repo is None:
+        return info
+    with repo:
+        info["commit"] = _try(lambda: repo.head.commit.hexsha)  # ValueError: no commits yet
+        info["branch"] = _try(lambda: repo.active_branch.name)  # TypeError: detached HEAD
+        info["is_dirty"] = _try(lambda: bool(repo.is_dirty(untracked_files=False)))
+        info["remote_url"] = _try(lambda: _remote_url(repo))
+    return info
+
+
+def _open_repo(candidates: list[Path]) -> Any:
+    """Return a ``git.Repo`` for the first candidate inside a repository, else None."""
+    try:
+        import git  # raises ImportError at import when there is no git binary
+    except ImportError:
+        return None
+    for candidate in candidates:
+        try:
+            return git.Repo(candidate, search_parent_directories=True)
+        except (git.exc.GitError, OSError, ValueError):
+            continue
+    return None
+
+
+def _remote_url(repo: Any) -> str | None:
+    if not repo.remotes:
+        return None
+    names = [remote.name for remote in repo.remotes]
+    remote = repo.remote("origin" if "origin" in names else names[0])
+    return strip_credentials(remote.url)
+
+
+def _system_info() -> dict[str, Any]:
+    cuda_available = torch.cuda.is_available()
+    # Device names and memory initialize CUDA in this process (see the Note above).
+    devices = range(torch.cuda.device_count()) if cuda_available else range(0)
+    return {
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),  # "" on many Linux systems
+        "hostname": socket.gethostname(),
+        "torch_version": str(torch.__version__),
+        "cuda_available": cuda_available,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": _try(_cudnn_version),
+        "gpu_count": len(devices),
+        "gpu_names": [torch.cuda.get_device_name(i) for i in devices],
+        "gpu_memory": [torch.cuda.get_device_properties(i).total_memory for i in devices],
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+    }
+
+
+def _cudnn_version() -> int | None:
+    return torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+
+
+def _package_versions() -> dict[str, str | None]:
+    return {name: _try(lambda name=name: importlib.metadata.version(name)) for name in PACKAGES}
+
+
+def _try(get: Callable[[], T]) -> T | None:
+    # Provenance must never break a run: any failure to read a value records None.
+    try:
+        return get()
+    except Exception:
+        return None
