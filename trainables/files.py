@@ -1,0 +1,90 @@
+"""Atomic file writes and checked reads: a crash never leaves a half-written result file."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class ResultFileError(ValueError):
+    """A result file is missing or unreadable; the message names the file."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: {reason}")
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
+    """Write ``payload`` to a temporary file beside ``path``, fsync it, then rename it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically.
+
+    Floats are written with Python's shortest round-trip repr, so every bit survives a
+    write/read cycle; non-finite values are written as ``NaN``/``Infinity``.
+    """
+    return atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file, then rename it into place."""
+    import torch  # here, so that modules writing only JSON or bytes don't load torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file.
+
+    Raises:
+        ResultFileError: The file is missing, unreadable or not valid JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultFileError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultFileError(path, f"unreadable or corrupt JSON ({err})") from None
+
+
+def load_torch(path: str | Path, weights_only: bool = True) -> Any:
+    """Load a file written by :func:`atomic_torch_save` (tensors onto the CPU).
+
+    Args:
+        path: The file.
+        weights_only: Refuse arbitrary pickled objects; pass False only for this project's own
+            training states, which hold NumPy RNG states.
+
+    Raises:
+        ResultFileError: The file is missing or corrupt.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ResultFileError(path, "file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        raise ResultFileError(path, f"unreadable or corrupt torch file ({err})") from None
