@@ -1,0 +1,1 @@
+"""The Ray Tune side of invae-sweep: sweep spec, driver, replicate analysis, reports and CLIs."""

@@ -1,0 +1,94 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from trainables.constants import METRIC_KEYS
+from trainables.model import InVAE
+from trainables.train import NonFiniteLossError, check_finite, clip_gradients, kl_weight, train
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [(0, 0.4), (125, 0.7), (250, 1.0), (1000, 1.0)],
+)
+def test_kl_weight_warms_up_linearly(step, expected):
+    assert kl_weight(step, 0.4, 1.0, 250) == pytest.approx(expected)
+
+
+def test_kl_weight_without_warmup_is_constant():
+    assert kl_weight(0, 0.4, 1.0, 0) == 1.0
+
+
+def test_report_is_called_once_per_epoch_with_every_metric(tiny_train_config, tiny_data):
+    rows = []
+    result = train(tiny_train_config, tiny_data, report=rows.append)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(set(r) == set(METRIC_KEYS) for r in rows)
+    assert rows == result.history
+    assert all(math.isfinite(v) for r in rows for v in r.values())
+
+
+def test_same_seed_same_fingerprint_other_seed_differs(tiny_train_config, tiny_data):
+    first = train(tiny_train_config, tiny_data)
+    again = train(tiny_train_config, tiny_data)
+    other = train(dataclasses.replace(tiny_train_config, seed=7), tiny_data)
+    assert first.fingerprint == again.fingerprint
+    assert first.fingerprint["weights"] != other.fingerprint["weights"]
+    assert first.fingerprint["metrics"] != other.fingerprint["metrics"]
+
+
+def test_loss_decreases(tiny_train_config, tiny_data):
+    cfg = dataclasses.replace(tiny_train_config, n_epochs=15, learning_rate=3e-3)
+    history = train(cfg, tiny_data).history
+    assert history[-1]["val_recon"] < history[0]["val_recon"]
+
+
+def test_resume_from_a_checkpoint_ends_bit_for_bit_like_an_uninterrupted_run(
+    tiny_train_config, tiny_data
+):
+    cfg = dataclasses.replace(tiny_train_config, n_epochs=4)
+    uninterrupted = train(cfg, tiny_data)
+    states = []
+    train(cfg, tiny_data, report=lambda row, state=None: states.append(state), checkpoint_every=2)
+    assert [s is not None for s in states] == [False, True, False, True]
+    resumed = train(cfg, tiny_data, resume=states[1])
+    assert resumed.fingerprint == uninterrupted.fingerprint
+    assert resumed.timing["epochs_run"] == 2
+
+
+def test_gradient_clipping_really_clips():
+    model = InVAE(10, 2, 2, tiny_model_config())
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    before = clip_gradients(model, 1.0)
+    after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+    assert before > 1.0
+    assert after == pytest.approx(1.0, rel=1e-4)
+
+
+def test_no_clipping_leaves_gradients_alone():
+    model = InVAE(10, 2, 2, tiny_model_config())
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    norm = clip_gradients(model, None)
+    assert torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]) == norm
+
+
+def test_non_finite_metrics_are_named():
+    row = {"epoch": 3, "train_loss": float("nan"), "val_loss": 1.0, "kl_i": float("inf")}
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3: .*train_loss=nan.*kl_i=inf"):
+        check_finite(row)
+
+
+def test_diverging_training_raises_instead_of_continuing(tiny_train_config, tiny_data):
+    cfg = dataclasses.replace(tiny_train_config, learning_rate=1e12, grad_clip=None)
+    with pytest.raises(NonFiniteLossError):
+        train(cfg, tiny_data)
+
+
+def tiny_model_config():
+    from trainables.config import ModelConfig
+
+    return ModelConfig(z_i_dim=2, z_s_dim=1, hidden=(8,))

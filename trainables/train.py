@@ -1,0 +1,273 @@
+"""One inVAE training run: ``train(cfg, data, report=...) -> RunResult``. No Ray, no W&B.
+
+The whole dataset lives on the training device for the whole run; minibatches are gathered
+from a permutation drawn by a seeded ``torch.Generator``, so no randomness is unseeded. A run
+that is given the same config, data and environment produces the same bits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trainables.config import DataConfig, TrainConfig
+from trainables.data import prepare_data
+from trainables.fingerprint import fingerprint
+from trainables.model import InVAE, LossTerms
+from trainables.optim import build_optimizers, model_summary
+from trainables.prepared import PreparedData, Split
+from trainables.provenance import get_environment_info
+from trainables.seeding import rng_state, set_rng_state, set_seed, torch_generator
+
+# report(metrics) every epoch; report(metrics, state) on checkpoint epochs.
+Report = Callable[..., None]
+
+EVAL_CHUNK = 8192  # validation cells per forward pass
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the message names the epoch and the terms."""
+
+
+@dataclass
+class RunResult:
+    """Everything a finished run produced, ready to be written as ``run.json`` + ``model.pt``."""
+
+    train_config: TrainConfig
+    data: dict[str, Any]  # PreparedData.summary(): sizes, categories, source and cache key
+    seeding: dict[str, Any]  # what set_seed() set
+    environment: dict[str, Any]  # get_environment_info()
+    model_info: dict[str, Any]  # parameter counts and layer shapes
+    history: list[dict[str, float]]  # one row of METRIC_KEYS per epoch
+    fingerprint: dict[str, Any]
+    model_state: dict[str, Tensor]  # on the CPU
+    optimizer_states: list[dict[str, Any]]  # on the CPU, [Muon, AdamW]
+    timing: dict[str, float]
+
+
+@dataclass(frozen=True)
+class DeviceSplit:
+    """One split's tensors on the training device."""
+
+    counts: Tensor  # (n_cells, n_genes)
+    bio: Tensor  # (n_cells, n_bio)
+    tech: Tensor  # (n_cells, n_tech)
+
+    @classmethod
+    def from_split(cls, split: Split, device: torch.device) -> DeviceSplit:
+        """Copy a host split to ``device`` once."""
+        return cls(*(torch.as_tensor(a).to(device) for a in (split.counts, split.bio, split.tech)))
+
+
+def kl_weight(step: int, start: float, end: float, warmup_steps: int) -> float:
+    """KL weight β at an optimizer step: linear from ``start`` to ``end`` over ``warmup_steps``."""
+    if warmup_steps == 0 or step >= warmup_steps:
+        return end
+    return start + (end - start) * step / warmup_steps
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map ``auto | cpu | cuda | cuda:N`` to a device; ``auto`` takes CUDA when available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def train(
+    train_cfg: TrainConfig,
+    data: DataConfig | PreparedData,
+    report: Report | None = None,
+    *,
+    checkpoint_every: int = 0,
+    resume: dict[str, Any] | None = None,
+) -> RunResult:
+    """Train one inVAE model.
+
+    Args:
+        train_cfg: Seed, determinism, schedule, model and optimizer settings.
+        data: A data config (prepared here, through the on-disk cache) or prepared data.
+        report: Called once per epoch with the metrics row; on checkpoint epochs it is called
+            as ``report(metrics, state)`` with a resumable state (see ``training_state``).
+        checkpoint_every: Pass a state every this many epochs (0: never).
+        resume: A state from an earlier ``report`` call: training continues after its epoch
+            and ends bit-for-bit where an uninterrupted run would.
+
+    Returns:
+        The run's result, including its fingerprint.
+
+    Raises:
+        NonFiniteLossError: A loss became NaN or infinite.
+    """
+    started = time.perf_counter()
+    prepared = data if isinstance(data, PreparedData) else prepare_data(data)
+    seeding = set_seed(train_cfg.seed, train_cfg.deterministic, train_cfg.cpu_threads)
+    device = resolve_device(train_cfg.device)
+    train_set = DeviceSplit.from_split(prepared.train, device)
+    val_set = DeviceSplit.from_split(prepared.val, device)
+    model = InVAE(prepared.n_genes, prepared.n_bio, prepared.n_tech, train_cfg.model).to(device)
+    optimizers = build_optimizers(model, train_cfg)
+    generator = torch_generator(train_cfg.seed, device)
+    epoch, step, history = 0, 0, []
+    if resume is not None:
+        epoch, step, history = restore_state(resume, model, optimizers, generator)
+
+    epoch_seconds = []
+    while epoch < train_cfg.n_epochs:
+        tick = time.perf_counter()
+        train_row, step = train_epoch(model, optimizers, train_set, generator, train_cfg, step)
+        row = {"epoch": epoch + 1, **train_row, **evaluate(model, val_set, train_cfg)}
+        epoch_seconds.append(time.perf_counter() - tick)
+        check_finite(row)
+        history.append(row)
+        epoch += 1
+        if report is not None and checkpoint_every and epoch % checkpoint_every == 0:
+            report(row, training_state(epoch, step, model, optimizers, generator, history))
+        elif report is not None:
+            report(row)
+
+    model_state = _to_cpu(model.state_dict())
+    optimizer_states = [_to_cpu(o.state_dict()) for o in optimizers]
+    return RunResult(
+        train_config=train_cfg,
+        data=prepared.summary(),
+        seeding=seeding,
+        environment=get_environment_info(),
+        model_info={**model_summary(model, optimizers), "device": str(device)},
+        history=history,
+        fingerprint=fingerprint(model_state, optimizer_states, history),
+        model_state=model_state,
+        optimizer_states=optimizer_states,
+        timing={
+            "total_s": time.perf_counter() - started,
+            "epochs_run": len(epoch_seconds),
+            "mean_epoch_s": sum(epoch_seconds) / max(len(epoch_seconds), 1),
+        },
+    )
+
+
+def train_epoch(
+    model: InVAE,
+    optimizers: list[torch.optim.Optimizer],
+    data: DeviceSplit,
+    generator: torch.Generator,
+    cfg: TrainConfig,
+    step: int,
+) -> tuple[dict[str, float], int]:
+    """Run one pass over shuffled minibatches; return the cell-weighted mean terms and the step.
+
+    A final minibatch of a single cell is skipped: BatchNorm cannot normalise one cell.
+    """
+    model.train()
+    n_cells = data.counts.shape[0]
+    order = torch.randperm(n_cells, generator=generator, device=data.counts.device)
+    sums = torch.zeros(6, device=data.counts.device)  # loss, recon, kl_i, kl_s, indep, grad_norm
+    n_seen, n_steps = 0, 0
+    beta = kl_weight(step, cfg.beta_start, cfg.beta_end, cfg.beta_warmup_steps)
+    for idx in order.split(cfg.batch_size):
+        if idx.numel() < 2:
+            continue
+        beta = kl_weight(step, cfg.beta_start, cfg.beta_end, cfg.beta_warmup_steps)
+        terms = model(data.counts[idx], data.bio[idx], data.tech[idx])
+        loss = terms.total(beta, cfg.indep_weight)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_gradients(model, cfg.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        sums[:5] += torch.stack([loss.detach(), *(t.detach() for t in terms)]) * idx.numel()
+        sums[5] += grad_norm
+        n_seen, n_steps, step = n_seen + idx.numel(), n_steps + 1, step + 1
+    totals = sums.tolist()
+    means = [v / n_seen for v in totals[:5]] + [totals[5] / n_steps]
+    names = ("train_loss", "recon", "kl_i", "kl_s", "indep", "grad_norm")
+    return {**dict(zip(names, means, strict=True)), "beta": beta}, step
+
+
+def clip_gradients(model: InVAE, max_norm: float | None) -> Tensor:
+    """Clip the global gradient norm to ``max_norm`` (if set); return the norm before clipping."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is None:
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+
+@torch.no_grad()
+def evaluate(model: InVAE, data: DeviceSplit, cfg: TrainConfig) -> dict[str, float]:
+    """Validation terms at the posterior mean, weighted over chunks; ``val_loss`` uses β_end."""
+    model.eval()
+    n_cells = data.counts.shape[0]
+    sums = torch.zeros(4, device=data.counts.device)
+    for start in range(0, n_cells, EVAL_CHUNK):
+        chunk = slice(start, start + EVAL_CHUNK)
+        terms = model(data.counts[chunk], data.bio[chunk], data.tech[chunk])
+        sums += torch.stack(list(terms)) * min(EVAL_CHUNK, n_cells - start)
+    terms = LossTerms(*(v / n_cells for v in sums.tolist()))
+    return {
+        "val_loss": terms.total(cfg.beta_end, cfg.indep_weight),
+        "val_recon": terms.recon,
+        "val_kl_i": terms.kl_i,
+        "val_kl_s": terms.kl_s,
+        "val_indep": terms.indep,
+    }
+
+
+def check_finite(row: dict[str, float]) -> None:
+    """Raise :class:`NonFiniteLossError` naming every non-finite metric of an epoch."""
+    bad = {k: v for k, v in row.items() if not math.isfinite(v)}
+    if bad:
+        terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise NonFiniteLossError(f"epoch {row['epoch']}: non-finite loss ({terms})")
+
+
+def training_state(
+    epoch: int,
+    step: int,
+    model: InVAE,
+    optimizers: list[torch.optim.Optimizer],
+    generator: torch.Generator,
+    history: list[dict[str, float]],
+) -> dict[str, Any]:
+    """Everything needed to continue a run bit-for-bit after ``epoch`` epochs."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "model": _to_cpu(model.state_dict()),
+        "optimizers": [_to_cpu(o.state_dict()) for o in optimizers],
+        "shuffle_generator": generator.get_state(),
+        "rng": rng_state(),
+        "history": [dict(row) for row in history],
+    }
+
+
+def restore_state(
+    state: dict[str, Any],
+    model: InVAE,
+    optimizers: list[torch.optim.Optimizer],
+    generator: torch.Generator,
+) -> tuple[int, int, list[dict[str, float]]]:
+    """Load a ``training_state`` into model, optimizers and RNGs; return epoch, step, history."""
+    model.load_state_dict(state["model"])
+    for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+        opt.load_state_dict(opt_state)
+    generator.set_state(state["shuffle_generator"])
+    set_rng_state(state["rng"])
+    return state["epoch"], state["step"], [dict(row) for row in state["history"]]
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
