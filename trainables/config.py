@@ -307,6 +307,18 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+def flatten_dict(tree: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into ``{"model.z_i_dim": 30, ...}`` (the inverse of overrides)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat |= flatten_dict(value, sep, name)
+        else:
+            flat[name] = value
+    return flat
+
+
 def config_keys(cls: type) -> list[str]:
     """List the dotted paths of every leaf field of a config class (``"model.z_i_dim"``, ...)."""
     keys = []
@@ -317,6 +329,23 @@ def config_keys(cls: type) -> list[str]:
         else:
             keys.append(f.name)
     return keys
+
+
+def field_type(cls: type, dotted: str) -> Any:
+    """Return the annotation of a dotted leaf key of a config class (``"model.z_i_dim"``: int).
+
+    Raises:
+        KeyError: No such key.
+    """
+    head, _, rest = dotted.partition(".")
+    hints = get_type_hints(cls)
+    if head not in hints:
+        raise KeyError(dotted)
+    if rest:
+        if not dataclasses.is_dataclass(hints[head]):
+            raise KeyError(dotted)
+        return field_type(hints[head], rest)
+    return hints[head]
 
 
 def suggest(key: str, choices: list[str]) -> str:
@@ -383,6 +412,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value not in args:
             raise ConfigError(key, f"got {value!r}; allowed: {', '.join(map(str, args))}")
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        return _deep_copy(value)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(key, f"expected a list, got {value!r}")

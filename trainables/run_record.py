@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trainables.config import DataConfig, config_to_dict
+from trainables.config import DataConfig, config_to_dict, flatten_dict
 from trainables.constants import MODEL_FILE, RUN_FILE, RUN_SCHEMA_VERSION
 from trainables.files import atomic_torch_save, atomic_write_json, load_torch, read_json
 from trainables.train import RunResult
@@ -98,7 +98,7 @@ def flat_run_config(record: dict[str, Any]) -> dict[str, Any]:
     train = dict(record["config"]["train"])
     model, optimizer = train.pop("model"), train.pop("optimizer")
     optimizer["learning_rate"] = train.pop("learning_rate")
-    flat = {f"data_{k}": v for k, v in _flatten(record["config"]["data"] or {}, "_").items()}
+    flat = {f"data_{k}": v for k, v in flatten_dict(record["config"]["data"] or {}, "_").items()}
     flat |= {f"train_{k}": v for k, v in train.items()}
     flat |= {f"model/{k}": v for k, v in model.items()}
     flat |= {
@@ -108,15 +108,4 @@ def flat_run_config(record: dict[str, Any]) -> dict[str, Any]:
     flat |= {f"seeding/{k}": v for k, v in record.get("seeding", {}).items()}
     for section in ("git", "system", "packages"):
         flat |= {f"{section}/{k}": v for k, v in record["environment"][section].items()}
-    return flat
-
-
-def _flatten(tree: dict[str, Any], sep: str, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{sep}{key}" if prefix else key
-        if isinstance(value, dict):
-            flat |= _flatten(value, sep, name)
-        else:
-            flat[name] = value
     return flat
