@@ -28,3 +28,11 @@ MODEL_FILE = "model.pt"  # a run's final model and optimizer states
 CHECKPOINT_FILE = "state.pt"  # a resumable training state inside a checkpoint folder
 
 RUN_SCHEMA_VERSION = 1
+
+# Layout of a Tune trial config: the full train and data configs as nested dicts, plus the
+# replicate index. A replicate differs from its siblings in nothing but this index.
+TUNE_TRAIN = "train"
+TUNE_DATA = "data"
+TUNE_REPLICATE = "replicate"
+# Result keys that W&B records as run config (provenance), sent with a trial's first result.
+PROVENANCE_KEYS: tuple[str, ...] = ("git", "system", "packages", "node")

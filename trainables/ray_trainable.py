@@ -1,0 +1,81 @@
+"""The Ray Tune adapter: a trial config -> validated configs -> ``train(report=tune.report)``.
+
+Everything else a trial does lives in plain functions that run without Ray.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from trainables.config import DataConfig, TrainConfig, config_from_dict
+from trainables.constants import CHECKPOINT_FILE, TUNE_DATA, TUNE_REPLICATE, TUNE_TRAIN
+from trainables.files import atomic_torch_save, load_torch
+from trainables.prepared import PreparedData
+from trainables.provenance import get_environment_info
+from trainables.run_record import write_run
+from trainables.train import train
+
+
+def trial_configs(config: dict[str, Any]) -> tuple[TrainConfig, DataConfig, int]:
+    """Validate a Tune trial config into ``(train config, data config, replicate index)``."""
+    train_cfg = config_from_dict(TrainConfig, config[TUNE_TRAIN], source="trial config train")
+    data_cfg = config_from_dict(DataConfig, config[TUNE_DATA], source="trial config data")
+    return train_cfg, data_cfg, int(config.get(TUNE_REPLICATE, 0))
+
+
+def node_info() -> dict[str, Any]:
+    """Where this trial runs: hostname, IP, Ray node id and the GPU ids Ray assigned."""
+    return {
+        "hostname": socket.gethostname(),
+        "ip": ray.util.get_node_ip_address(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+    }
+
+
+def tune_trainable(
+    config: dict[str, Any], data: PreparedData | None = None, checkpoint_every: int = 0
+) -> None:
+    """Run one trial: train, report every epoch, checkpoint, write run.json + model.pt.
+
+    Args:
+        config: The trial config (``train``, ``data``, ``replicate``).
+        data: Data prepared once by the driver for this config; None prepares it here
+            (through the on-disk cache).
+        checkpoint_every: Report a resumable checkpoint every this many epochs (0: never).
+    """
+    train_cfg, data_cfg, replicate = trial_configs(config)
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_torch(Path(folder) / CHECKPOINT_FILE, weights_only=False)
+    node = node_info()
+    first = {"node": node, **get_environment_info()}  # provenance, sent with the first result
+    tags = {"seed": train_cfg.seed, TUNE_REPLICATE: replicate}
+
+    def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
+        row = {**metrics, **tags, **first}
+        first.clear()
+        if state is None:
+            tune.report(row)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            atomic_torch_save(state, Path(folder) / CHECKPOINT_FILE)
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    result = train(
+        train_cfg,
+        data if data is not None else data_cfg,
+        report=report,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+    )
+    trial = {"trial_id": tune.get_context().get_trial_id(), TUNE_REPLICATE: replicate, "node": node}
+    write_run(result, Path.cwd(), data_cfg, extra={"trial": trial})
