@@ -1,0 +1,355 @@
+"""A sweep file (``sweep.yaml``) -> a validated :class:`SweepSpec` -> a Tune ``param_space``.
+
+Everything is checked before Ray starts: unknown keys, bad distributions, search keys that are
+not train/data config keys, values the configs would reject. Errors are :class:`ConfigError`
+naming the file and key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from trainables.config import (
+    ConfigError,
+    DataConfig,
+    TrainConfig,
+    config_from_dict,
+    config_keys,
+    config_to_dict,
+    field_type,
+    flatten_dict,
+    load_data_config,
+    load_train_config,
+    suggest,
+)
+from trainables.constants import DEFAULT_METRIC, DEFAULT_MODE, METRIC_KEYS
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start, resume or be read as asked; the message says why and what to do."""
+
+
+DATA_PREFIX = "data."  # search keys under this prefix address the data config
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    """Per-trial resources. Give ``gpus_per_trial`` or ``trials_per_gpu``, not both."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # explicit fraction or count of GPUs per trial
+    trials_per_gpu: int | None = None  # at most this many trials share one GPU
+
+    def __post_init__(self):
+        if self.cpus_per_trial <= 0:
+            raise ConfigError("cpus_per_trial", f"got {self.cpus_per_trial!r}; allowed: > 0")
+        if self.gpus_per_trial is not None and self.trials_per_gpu is not None:
+            raise ConfigError("gpus_per_trial", "give gpus_per_trial or trials_per_gpu, not both")
+        if self.gpus_per_trial is not None and self.gpus_per_trial <= 0:
+            raise ConfigError("gpus_per_trial", f"got {self.gpus_per_trial!r}; allowed: > 0")
+        if self.trials_per_gpu is not None and self.trials_per_gpu < 1:
+            raise ConfigError("trials_per_gpu", f"got {self.trials_per_gpu!r}; allowed: >= 1")
+
+
+@dataclass(frozen=True)
+class WandbSpec:
+    """W&B logging through Ray's ``WandbLoggerCallback``. Offline unless online is asked for."""
+
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "invae-sweep"
+    group: str | None = None  # None: the sweep name
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """An early-stopping scheduler. Stopped replicates show up as incomplete in audits."""
+
+    type: Literal["asha"] = "asha"
+    grace_period: int = 10  # epochs before a trial may be stopped
+    reduction_factor: float = 3.0
+    max_t: int | None = None  # None: the train config's n_epochs
+
+    def __post_init__(self):
+        if self.grace_period < 1:
+            raise ConfigError("grace_period", f"got {self.grace_period!r}; allowed: >= 1")
+        if self.reduction_factor <= 1:
+            raise ConfigError("reduction_factor", f"got {self.reduction_factor!r}; allowed: > 1")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """One sweep: base configs, seeds, replicates, search space, resources and logging."""
+
+    name: str = "invae-sweep"
+    storage_path: str = "runs"
+    train_config: str | None = None  # relative paths are relative to the sweep file
+    data_config: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the train config
+    data: dict[str, Any] = field(default_factory=dict)  # overrides of the data config
+    seeds: tuple[int, ...] = (42,)
+    replicates: int = 1
+    search: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = 1
+    metric: str = DEFAULT_METRIC
+    mode: Literal["min", "max"] = DEFAULT_MODE
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    max_concurrent_trials: int | None = None
+    max_failures: int = 2
+    checkpoint_every: int = 10  # epochs; 0: no checkpoints (a failed trial restarts)
+    scheduler: SchedulerSpec | None = None
+    searcher: Literal["random", "optuna"] = "random"
+    searcher_seed: int = 0  # random_state of the searcher: same file, same trials
+    wandb: WandbSpec = field(default_factory=WandbSpec)
+
+    def __post_init__(self):
+        checks = [
+            ("name", bool(self.name) and "/" not in self.name, "a folder name without '/'"),
+            ("seeds", len(self.seeds) >= 1 and min(self.seeds) >= 0, "integers >= 0"),
+            ("seeds", len(set(self.seeds)) == len(self.seeds), "distinct seeds"),
+            ("replicates", self.replicates >= 1, "an integer >= 1"),
+            ("num_samples", self.num_samples >= 1, "an integer >= 1"),
+            ("metric", self.metric in METRIC_KEYS, f"one of {', '.join(METRIC_KEYS)}"),
+            ("max_failures", self.max_failures >= -1, "an integer >= -1 (-1: no limit)"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0"),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(key, f"got {getattr(self, key)!r}; allowed: {allowed}")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise ConfigError("max_concurrent_trials", "allowed: an integer >= 1, or null")
+
+    @property
+    def n_variants(self) -> int:
+        """Trials per sample: seeds x replicates x grid values."""
+        grids = [len(d["grid"]) for d in self.search.values() if "grid" in d]
+        return len(self.seeds) * self.replicates * math.prod(grids)
+
+    @property
+    def n_trials(self) -> int:
+        """Total number of trials of the sweep."""
+        return self.num_samples * self.n_variants
+
+    def searched_data_keys(self) -> list[str]:
+        """Search keys that change the data config (their trials prepare their own data)."""
+        return [k for k in self.search if k.startswith(DATA_PREFIX)]
+
+
+@dataclass(frozen=True)
+class LoadedSweep:
+    """A validated sweep with its resolved base configs."""
+
+    spec: SweepSpec
+    train: TrainConfig
+    data: DataConfig
+    source: str  # the sweep file
+
+
+def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> LoadedSweep:
+    """Read and validate a sweep file and the train/data configs it names.
+
+    Args:
+        path: The sweep YAML file.
+        overrides: Dotted-key overrides of the sweep file (``{"replicates": 4}``).
+
+    Returns:
+        The spec plus its base train and data configs (with the file's overrides applied).
+
+    Raises:
+        ConfigError: Any problem, naming the file and key.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError("", "file not found", str(path)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"invalid YAML: {err}", str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("", "expected a mapping of keys", str(path))
+    try:
+        raw = {**raw, "seeds": _seed_list(raw.get("seeds", [42]))}
+        spec = config_from_dict(SweepSpec, raw, overrides)
+        base = path.parent
+        train = _base_config(load_train_config, base, spec.train_config, spec.train, "train")
+        data = _base_config(load_data_config, base, spec.data_config, spec.data, "data")
+        _check_search(spec.search, train, data)
+    except ConfigError as err:
+        raise ConfigError(err.key, err.message, err.source or str(path)) from None
+    return LoadedSweep(spec, train, _absolute_paths(data), str(path))
+
+
+def param_space(sweep: LoadedSweep) -> dict[str, Any]:
+    """Build the Tune param space: full train/data configs with searched leaves as domains.
+
+    Seeds and replicate indices are grid axes; with ``constant_grid_search`` every replicate
+    of a (hyperparameters, seed) point then gets exactly the same config.
+    """
+    from ray import tune
+
+    train, data = config_to_dict(sweep.train), config_to_dict(sweep.data)
+    for key, dist in sweep.spec.search.items():
+        if key.startswith(DATA_PREFIX):
+            _set_leaf(data, key.removeprefix(DATA_PREFIX), tune_domain(dist))
+        else:
+            _set_leaf(train, key, tune_domain(dist))
+    train["seed"] = tune.grid_search(list(sweep.spec.seeds))
+    return {
+        "train": train,
+        "data": data,
+        "replicate": tune.grid_search(list(range(sweep.spec.replicates))),
+    }
+
+
+def expand_trials(sweep: LoadedSweep) -> list[dict[str, Any]]:
+    """Resolve the trial configs exactly as the sweep's searcher will, without starting Ray.
+
+    Mirrors ``BasicVariantGenerator(constant_grid_search=True, random_state=searcher_seed)``:
+    one shared random generator, ``num_samples`` passes over the grid.
+    """
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    rng = np.random.default_rng(sweep.spec.searcher_seed)
+    space = {"config": param_space(sweep)}
+    trials = []
+    for _ in range(sweep.spec.num_samples):
+        for _, resolved in generate_variants(space, constant_grid_search=True, random_state=rng):
+            trials.append(resolved["config"])
+    return trials
+
+
+def searched_values(sweep: LoadedSweep, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a trial config holds for each searched key (``{"learning_rate": 3e-4}``)."""
+    values = {}
+    for key in sweep.spec.search:
+        tree, leaf = (
+            (config["data"], key.removeprefix(DATA_PREFIX))
+            if key.startswith(DATA_PREFIX)
+            else (config["train"], key)
+        )
+        for part in leaf.split("."):
+            tree = tree[part]
+        values[key] = tree
+    return values
+
+
+def tune_domain(dist: Mapping[str, Any]) -> Any:
+    """Map ``{"loguniform": [1e-4, 1e-2]}`` and friends to a Tune search domain."""
+    from ray import tune
+
+    ((kind, args),) = dist.items()
+    makers = {
+        "grid": lambda v: tune.grid_search(list(v)),
+        "choice": lambda v: tune.choice(list(v)),
+        "uniform": lambda v: tune.uniform(*v),
+        "loguniform": lambda v: tune.loguniform(*v),
+        "randint": lambda v: tune.randint(*v),
+    }
+    return makers[kind](args)
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+def _seed_list(seeds: Any) -> Any:
+    """Accept ``[1, 2, 3]``, a single integer or ``{count: 3, base: 0}``."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        return [seeds]
+    if isinstance(seeds, Mapping):
+        unknown = set(seeds) - {"count", "base"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ConfigError(f"seeds.{key}", "unknown key" + suggest(key, ["count", "base"]))
+        count, base = seeds.get("count"), seeds.get("base", 0)
+        if not isinstance(count, int) or count < 1 or not isinstance(base, int) or base < 0:
+            raise ConfigError("seeds", f"got {dict(seeds)!r}; allowed: count >= 1, base >= 0")
+        return list(range(base, base + count))
+    return seeds
+
+
+def _base_config(loader, folder: Path, file: str | None, overrides: dict, section: str):
+    """Load a base config (its errors name its file), then the sweep's overrides of it."""
+    base = loader(None if file is None else folder / file)
+    try:
+        return config_from_dict(type(base), config_to_dict(base), flatten_dict(overrides))
+    except ConfigError as err:
+        raise ConfigError(f"{section}.{err.key}", err.message) from None
+
+
+def _absolute_paths(data: DataConfig) -> DataConfig:
+    """Trials run in a temporary working folder: make file paths absolute."""
+    changes = {}
+    if data.data_path.endswith(".h5ad") or "/" in data.data_path:
+        changes["data_path"] = str(Path(data.data_path).expanduser().resolve())
+    if data.cache_dir is not None:
+        changes["cache_dir"] = str(Path(data.cache_dir).expanduser().resolve())
+    return dataclasses.replace(data, **changes)
+
+
+def _check_search(search: dict[str, Any], train: TrainConfig, data: DataConfig) -> None:
+    train_keys = config_keys(TrainConfig)
+    data_keys = [DATA_PREFIX + k for k in config_keys(DataConfig)]
+    for key, dist in search.items():
+        where = f"search.{key}"
+        if key == "seed":
+            raise ConfigError(where, "seeds are set with the top-level 'seeds' key")
+        if key not in train_keys + data_keys:
+            raise ConfigError(
+                where, "not a train or data config key" + suggest(key, train_keys + data_keys)
+            )
+        cls, leaf, base = (
+            (DataConfig, key.removeprefix(DATA_PREFIX), data)
+            if key.startswith(DATA_PREFIX)
+            else (TrainConfig, key, train)
+        )
+        for value in _check_distribution(where, dist, field_type(cls, leaf)):
+            try:  # every listed value (or range end) must be one the config accepts
+                config_from_dict(cls, config_to_dict(base), {leaf: value})
+            except ConfigError as err:
+                raise ConfigError(
+                    where, f"value {value!r} is not allowed ({err.message})"
+                ) from None
+
+
+def _check_distribution(where: str, dist: Any, annotation: Any) -> list[Any]:
+    """Validate one search entry; return the values to check against the config."""
+    if not isinstance(dist, Mapping) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+        raise ConfigError(
+            where, f"got {dist!r}; allowed: one of {{{', '.join(DISTRIBUTIONS)}: ...}}"
+        )
+    ((kind, args),) = dist.items()
+    if kind in ("grid", "choice"):
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{where}.{kind}", f"got {args!r}; allowed: a non-empty list")
+        return args
+    if not isinstance(args, list) or len(args) != 2:
+        raise ConfigError(f"{where}.{kind}", f"got {args!r}; allowed: [low, high]")
+    low, high = args
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in args)
+    if not numeric or not low < high or (kind == "loguniform" and low <= 0):
+        allowed = "0 < low < high" if kind == "loguniform" else "numbers with low < high"
+        raise ConfigError(f"{where}.{kind}", f"got {args!r}; allowed: {allowed}")
+    wanted = int if kind == "randint" else float
+    if annotation not in (wanted, wanted | None):
+        raise ConfigError(where, f"{kind} draws {wanted.__name__}s; this key takes {annotation}")
+    if kind == "randint" and not all(isinstance(v, int) for v in args):
+        raise ConfigError(f"{where}.{kind}", f"got {args!r}; allowed: integers [low, high)")
+    if kind == "randint":
+        return [low, high - 1]  # high is exclusive
+    return [float(low), math.nextafter(float(high), -math.inf)]  # so is a uniform's
+
+
+def _set_leaf(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree[part]
+    tree[leaf] = value
