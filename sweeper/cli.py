@@ -103,3 +103,62 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return _fail(parser.prog, err, EXIT_FAILED)
     print(f"wrote {args.out}/run.json  weights sha256 {result.fingerprint['weights'][:16]}…")
     return EXIT_OK
+
+
+def sweep_main(argv: Sequence[str] | None = None) -> int:
+    """``invae-sweep``: run a Ray Tune sweep of inVAE trials from one YAML file."""
+    from sweeper.driver import DriverOptions, apply_options, run_sweep, sweep_dir, trial_table
+    from sweeper.report import format_summary, format_table
+    from sweeper.spec import SweepError, load_sweep
+
+    parser = argparse.ArgumentParser(prog="invae-sweep", description=sweep_main.__doc__)
+    parser.add_argument("--config", required=True, help="sweep YAML (e.g. configs/sweep.yaml)")
+    parser.add_argument("--gpus", type=int, help="GPUs to use (0: CPU trials; default: all)")
+    parser.add_argument("--cpus", type=int, help="CPUs of a local Ray (default: all)")
+    parser.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
+    parser.add_argument("--name", help="sweep name: the results folder under the storage path")
+    parser.add_argument("--storage", help="where sweep folders go (default: the file's)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    parser.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny data and 2 epochs: checks a sweep end to end in a minute",
+    )
+    args = parser.parse_args(argv)
+    options = DriverOptions(
+        gpus=args.gpus,
+        cpus=args.cpus,
+        address=args.address,
+        name=args.name,
+        storage=args.storage,
+        resume=args.resume,
+    )
+    try:
+        overrides = _smoke_sweep_overrides() if args.smoke else None
+        sweep = apply_options(load_sweep(args.config, overrides), options)
+        if args.dry_run:
+            rows = trial_table(sweep, _dry_run_gpus(args.gpus))
+            print(f"{len(rows)} trials -> {sweep_dir(sweep)}")
+            print(format_table(rows))
+            return EXIT_OK
+        summary = run_sweep(sweep, options)
+    except (ConfigError, SweepError) as err:
+        return _fail(parser.prog, err, EXIT_USAGE)
+    print(format_summary(summary))
+    print(f"results: {sweep_dir(sweep)}")
+    return EXIT_FAILED if summary["n_errored"] else EXIT_OK
+
+
+def _smoke_sweep_overrides() -> dict[str, Any]:
+    return {f"train.{k}": v for k, v in SMOKE_TRAIN.items()} | {
+        f"data.{k}": v for k, v in SMOKE_DATA.items()
+    }
+
+
+def _dry_run_gpus(gpus: int | None) -> int:
+    if gpus is not None:
+        return gpus
+    import torch
+
+    return torch.cuda.device_count()

@@ -33,3 +33,27 @@ def tiny_train_config():
         beta_warmup_steps=5,
         model=ModelConfig(z_i_dim=4, z_s_dim=2, hidden=(16, 16)),
     )
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    """One Ray instance per test module: 2 CPUs and 4 fake GPUs (trials then run on the CPU)."""
+    import os
+
+    import ray
+
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "INVAE_SWEEP_CACHE": str(tmp_path_factory.mktemp("ray-cache")),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # local workers inherit the driver's environment
+    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -1,0 +1,275 @@
+"""Build and run the Tuner: resources, callbacks, storage, restore.
+
+``run_sweep`` connects to (or starts) Ray, prepares the data once, runs every trial of a
+validated sweep and writes ``summary.json``, ``results.csv`` and ``best/`` into the sweep
+folder ``<storage>/<name>/``.
+"""
+
+from __future__ import annotations
+
+import math
+import netrc
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sweeper.results import collect_results, write_spec_record
+from sweeper.spec import LoadedSweep, SweepError, expand_trials, param_space, searched_values
+from trainables.constants import TUNE_REPLICATE
+from trainables.seeding import determinism_env
+
+DEFAULT_TRIALS_PER_GPU = 4
+
+
+@dataclass(frozen=True)
+class DriverOptions:
+    """Command-line choices that override or complete the sweep file."""
+
+    gpus: int | None = None  # None: all GPUs of the local machine or cluster
+    cpus: int | None = None  # None: all CPUs
+    address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001", ...)
+    name: str | None = None
+    storage: str | None = None
+    resume: bool = False
+
+
+def apply_options(sweep: LoadedSweep, options: DriverOptions) -> LoadedSweep:
+    """Return the sweep with ``--name`` / ``--storage`` applied."""
+    spec = sweep.spec
+    if options.name:
+        spec = replace(spec, name=options.name)
+    if options.storage:
+        spec = replace(spec, storage_path=options.storage)
+    return replace(sweep, spec=spec)
+
+
+def sweep_dir(sweep: LoadedSweep) -> Path:
+    """The sweep folder ``<storage>/<name>`` as an absolute path."""
+    return Path(sweep.spec.storage_path).expanduser().resolve() / sweep.spec.name
+
+
+def gpus_per_trial(sweep: LoadedSweep, n_gpus: int, n_cpus: float | None = None) -> float:
+    """The GPU share of one trial, chosen so that concurrent trials spread over all GPUs.
+
+    Ray fills GPU 0 with fractional trials before it uses GPU 1. So the share is
+    ``1 / trials_per_gpu`` only while there are enough concurrent trials (trials, allowed
+    concurrency and CPUs all permitting) to fill every GPU that way; with fewer, fewer trials
+    share each GPU.
+    """
+    resources = sweep.spec.resources
+    if n_gpus == 0:
+        return 0.0
+    if resources.gpus_per_trial is not None:
+        return resources.gpus_per_trial
+    limits = [sweep.spec.n_trials, sweep.spec.max_concurrent_trials or sweep.spec.n_trials]
+    if n_cpus is not None:
+        limits.append(max(math.floor(n_cpus / resources.cpus_per_trial), 1))
+    concurrent = min(limits)
+    per_gpu = min(
+        resources.trials_per_gpu or DEFAULT_TRIALS_PER_GPU, math.ceil(concurrent / n_gpus)
+    )
+    return 1.0 / max(per_gpu, 1)
+
+
+def trial_table(sweep: LoadedSweep, n_gpus: int) -> list[dict[str, Any]]:
+    """One row per trial, as the searcher will generate them: for ``--dry-run``."""
+    gpu = gpus_per_trial(sweep, n_gpus)
+    return [
+        {
+            "trial": i,
+            "seed": config["train"]["seed"],
+            TUNE_REPLICATE: config[TUNE_REPLICATE],
+            **searched_values(sweep, config),
+            "cpus": sweep.spec.resources.cpus_per_trial,
+            "gpus": round(gpu, 4),
+        }
+        for i, config in enumerate(expand_trials(sweep))
+    ]
+
+
+def worker_env(sweep: LoadedSweep) -> dict[str, str]:
+    """Environment every trial and logging actor needs, on every node (via ``runtime_env``)."""
+    env = dict(determinism_env())
+    if sweep.spec.wandb.mode == "offline":
+        env["WANDB_MODE"] = "offline"  # mode="offline" alone still asks for an API key
+    env["WANDB_SILENT"] = "true"  # one W&B banner per trial drowns the trial table
+    return env
+
+
+def check_wandb(sweep: LoadedSweep) -> None:
+    """Refuse online W&B logging when no API key is configured (env or ``wandb login``)."""
+    if sweep.spec.wandb.mode != "online" or os.environ.get("WANDB_API_KEY"):
+        return
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    raise SweepError(
+        "wandb.mode is online but no W&B API key is configured: run `wandb login`, set "
+        "WANDB_API_KEY, or use wandb.mode: offline"
+    )
+
+
+def connect(options: DriverOptions, env: dict[str, str]) -> tuple[int, float, bool]:
+    """Connect to the cluster or start a local Ray.
+
+    Returns:
+        The GPUs to use, the cluster's CPUs, and whether this call started Ray.
+
+    Raises:
+        SweepError: The cluster has fewer GPUs than asked for.
+    """
+    import ray
+
+    started = False
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        os.environ.update(env)  # local workers inherit it; remote ones get runtime_env
+        runtime_env = {"env_vars": env}
+        if address:
+            ray.init(address=address, runtime_env=runtime_env)
+        else:
+            ray.init(
+                num_cpus=options.cpus,
+                num_gpus=options.gpus,
+                include_dashboard=False,
+                runtime_env=runtime_env,
+            )
+        started = True
+    resources = ray.cluster_resources()
+    available = int(resources.get("GPU", 0))
+    if options.gpus is not None and options.gpus > available:
+        if started:
+            ray.shutdown()
+        where = f"the cluster at {address}" if address else "this Ray instance"
+        raise SweepError(f"--gpus {options.gpus} asked for, but {where} has {available} GPUs")
+    n_gpus = available if options.gpus is None else options.gpus
+    return n_gpus, resources.get("CPU", 1.0), started
+
+
+def run_sweep(
+    sweep: LoadedSweep, options: DriverOptions, extra_callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """Run (or resume) a sweep to the end and write its results.
+
+    Args:
+        sweep: The validated sweep (``apply_options`` already applied).
+        options: GPUs, CPUs, cluster address and resume flag.
+        extra_callbacks: Further ``ray.tune.Callback`` objects (progress hooks, monitors).
+
+    Returns:
+        The summary written to ``summary.json``.
+
+    Raises:
+        SweepError: The sweep folder exists without ``--resume``, there is nothing to resume,
+            or the cluster lacks the GPUs asked for.
+    """
+    import ray
+
+    folder = sweep_dir(sweep)
+    check_wandb(sweep)
+    _check_folder(folder, options.resume)
+    # Save the experiment state at every step, so that a trial that finished just before the
+    # driver died is not run again on --resume (Tune's default throttles saves to >= 10 s).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    n_gpus, n_cpus, started = connect(options, worker_env(sweep))
+    try:
+        write_spec_record(folder, sweep, resume=options.resume)
+        gpu = gpus_per_trial(sweep, n_gpus, n_cpus)
+        tuner = _make_tuner(sweep, folder, (n_gpus, gpu), options.resume, list(extra_callbacks))
+        grid = tuner.fit()
+        return collect_results(sweep, folder, grid)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _check_folder(folder: Path, resume: bool) -> None:
+    from ray import tune
+
+    if resume and not tune.Tuner.can_restore(str(folder)):
+        raise SweepError(f"{folder}: nothing to resume (no sweep state found there)")
+    if not resume and folder.exists() and any(folder.iterdir()):
+        raise SweepError(
+            f"{folder} already holds a sweep: pass --resume to continue it, or --name to start "
+            "another"
+        )
+
+
+def _make_tuner(
+    sweep: LoadedSweep,
+    folder: Path,
+    gpus: tuple[int, float],
+    resume: bool,
+    callbacks: list[Any],
+):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from trainables.data import prepare_data
+    from trainables.ray_trainable import tune_trainable
+
+    spec = sweep.spec
+    # Data are prepared once and shipped through the object store, unless the sweep searches
+    # data keys: then each trial prepares its own (cached on disk, so once per distinct value).
+    shared = None if spec.searched_data_keys() else prepare_data(sweep.data)
+    trainable = tune.with_parameters(
+        tune_trainable, data=shared, checkpoint_every=spec.checkpoint_every
+    )
+    n_gpus, gpu = gpus  # GPUs to use, share of one trial
+    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial, "gpu": gpu})
+    space = param_space(sweep)
+    if resume:
+        return tune.Tuner.restore(
+            str(folder),
+            trainable=trainable,
+            param_space=space,
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+    scheduler = None
+    if spec.scheduler is not None:
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=spec.scheduler.max_t or sweep.train.n_epochs,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    max_concurrent = spec.max_concurrent_trials
+    if gpu and n_gpus:  # never more concurrent trials than the GPUs asked for can hold
+        max_concurrent = min(max_concurrent or 10**9, math.floor(n_gpus / gpu + 1e-9))
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            num_samples=spec.num_samples,
+            search_alg=BasicVariantGenerator(
+                constant_grid_search=True, random_state=spec.searcher_seed
+            ),
+            scheduler=scheduler,
+            max_concurrent_trials=max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=str(folder.parent),
+            callbacks=_callbacks(sweep, folder) + callbacks,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            sync_config=tune.SyncConfig(sync_artifacts=True),  # run.json + model.pt
+            verbose=1,  # the trial table, not every trial's full config
+        ),
+    )
+
+
+def _callbacks(sweep: LoadedSweep, folder: Path) -> list[Any]:
+    if sweep.spec.wandb.mode == "disabled":
+        return []
+    from sweeper.tracking import wandb_callback
+
+    return [wandb_callback(sweep, folder)]

@@ -1,0 +1,58 @@
+"""Human-readable tables and reports of sweeps and audits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """Render dicts as a plain-text table with aligned columns."""
+    if not rows:
+        return "(no rows)"
+    columns = columns or list(rows[0])
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The end-of-sweep summary: counts, the best trial and the per-point seed spread."""
+    metric = summary["metric"]
+    lines = [
+        f"sweep {summary['name']}: {summary['n_completed']}/{summary['n_trials']} trials "
+        f"completed, {summary['n_errored']} errored",
+    ]
+    best = next((t for t in summary["trials"] if t["trial_id"] == summary["best_trial"]), None)
+    if best is not None:
+        lines.append(
+            f"best trial {best['trial_id']} (seed {best['seed']}, replicate {best['replicate']}, "
+            f"{_params(best['params'])}): {metric} = {best['metrics'][metric]:.6g}"
+        )
+    groups = [
+        {
+            "params": _params(g["params"]),
+            "seeds": len(g["seeds"]),
+            "trials": g["n_trials"],
+            f"{metric} mean": g["mean"],
+            "± std": g["std"],
+        }
+        for g in summary["groups"]
+    ]
+    if groups:
+        lines += ["", format_table(groups)]
+    errored = [t for t in summary["trials"] if t["status"] == "errored"]
+    for t in errored:
+        lines.append(f"errored: {t['trial_id']}: {t['error']}")
+    return "\n".join(lines)
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_cell(v)}" for k, v in params.items()) or "(no search)"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)

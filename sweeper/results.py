@@ -1,0 +1,207 @@
+"""A finished sweep on disk: ``sweep.json``, ``summary.json``, ``results.csv`` and ``best/``.
+
+``summary.json`` lists every trial with its seed, replicate, searched values, status, final
+metrics, fingerprint, environment and the path of its ``run.json``; the replicate analysis
+reads it without Ray.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import statistics
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sweeper.spec import LoadedSweep, SweepError, searched_values
+from trainables.config import config_to_dict
+from trainables.constants import METRIC_KEYS, MODEL_FILE, RUN_FILE, TUNE_REPLICATE
+from trainables.files import ResultFileError, atomic_write_bytes, atomic_write_json, read_json
+from trainables.provenance import get_environment_info
+
+SPEC_FILE = "sweep.json"
+SUMMARY_FILE = "summary.json"
+RESULTS_FILE = "results.csv"
+BEST_DIR = "best"
+
+COMPLETED, STOPPED, ERRORED = "completed", "stopped_early", "errored"
+
+
+def spec_record(sweep: LoadedSweep) -> dict[str, Any]:
+    """What defines the sweep's trials: the spec and the resolved base configs."""
+    return {
+        "spec": config_to_dict(sweep.spec),
+        "train": config_to_dict(sweep.train),
+        "data": config_to_dict(sweep.data),
+    }
+
+
+def write_spec_record(folder: Path, sweep: LoadedSweep, resume: bool) -> None:
+    """Record the sweep definition and the driver's environment; on resume, check it is unchanged.
+
+    Raises:
+        SweepError: Resuming with a sweep file whose trials differ from the recorded ones.
+    """
+    path = folder / SPEC_FILE
+    current = spec_record(sweep)
+    if resume and path.exists():
+        recorded = read_json(path)
+        if {k: recorded.get(k) for k in current} != json.loads(json.dumps(current)):
+            raise SweepError(
+                f"{sweep.source} no longer matches the sweep recorded in {path}: resume with "
+                "the original file, or start a new sweep with --name"
+            )
+        return
+    atomic_write_json(
+        path,
+        {
+            **current,
+            "source": sweep.source,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "driver_environment": get_environment_info(),
+        },
+    )
+
+
+def collect_results(sweep: LoadedSweep, folder: Path, grid: Any) -> dict[str, Any]:
+    """Summarise a Tune ``ResultGrid`` into ``summary.json``, ``results.csv`` and ``best/``."""
+    trials = [_trial_entry(sweep, folder, result) for result in grid]
+    trials.sort(key=lambda t: t["trial_id"])
+    best = _best(trials, sweep.spec.metric, sweep.spec.mode)
+    summary = {
+        "name": sweep.spec.name,
+        "metric": sweep.spec.metric,
+        "mode": sweep.spec.mode,
+        "searcher_seed": sweep.spec.searcher_seed,
+        "n_trials": len(trials),
+        "n_completed": sum(t["status"] == COMPLETED for t in trials),
+        "n_errored": sum(t["status"] == ERRORED for t in trials),
+        "best_trial": best["trial_id"] if best else None,
+        "groups": seed_groups(trials, sweep.spec.metric),
+        "trials": trials,
+    }
+    atomic_write_json(folder / SUMMARY_FILE, summary)
+    atomic_write_bytes(folder / RESULTS_FILE, results_csv(trials).encode())
+    if best is not None:
+        run_dir = (folder / best["run_json"]).parent
+        for name in (RUN_FILE, MODEL_FILE):
+            (folder / BEST_DIR).mkdir(exist_ok=True)
+            shutil.copy2(run_dir / name, folder / BEST_DIR / name)
+    return summary
+
+
+def load_summary(folder: str | Path) -> dict[str, Any]:
+    """Read a sweep's ``summary.json``.
+
+    Raises:
+        ResultFileError: Missing or corrupt (the message names the file).
+    """
+    return read_json(Path(folder) / SUMMARY_FILE)
+
+
+def seed_groups(trials: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Per hyperparameter point: the metric's mean and std over seeds (replicate 0 of each)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for trial in trials:
+        if trial["status"] == COMPLETED:
+            groups.setdefault(json.dumps(trial["params"], sort_keys=True), []).append(trial)
+    rows = []
+    for members in groups.values():
+        per_seed = {}
+        for t in sorted(members, key=lambda t: t[TUNE_REPLICATE]):
+            per_seed.setdefault(t["seed"], t["metrics"][metric])
+        values = list(per_seed.values())
+        rows.append(
+            {
+                "params": members[0]["params"],
+                "seeds": sorted(per_seed),
+                "n_trials": len(members),
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
+        )
+    return rows
+
+
+def results_csv(trials: list[dict[str, Any]]) -> str:
+    """One CSV row per trial: ids, searched values, status, final metrics, weights hash."""
+    params = sorted({k for t in trials for k in t["params"]})
+    header = ["trial_id", "status", "seed", TUNE_REPLICATE, *params, "epochs", *METRIC_KEYS[1:]]
+    header += ["weights_sha256", "run_json"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=header, extrasaction="ignore")
+    writer.writeheader()
+    for t in trials:
+        fingerprint = t["fingerprint"] or {}
+        writer.writerow(
+            {**t, **t["params"], **t["metrics"], "weights_sha256": fingerprint.get("weights")}
+        )
+    return out.getvalue()
+
+
+def _trial_entry(sweep: LoadedSweep, folder: Path, result: Any) -> dict[str, Any]:
+    trial_dir = Path(result.path)
+    metrics = result.metrics or {}
+    config = result.config
+    record = None
+    if (trial_dir / RUN_FILE).exists():
+        try:
+            record = read_json(trial_dir / RUN_FILE)
+        except ResultFileError:
+            record = None
+    if result.error is not None:
+        status = ERRORED
+    elif record is not None:
+        status = COMPLETED
+    else:
+        status = STOPPED
+    final = record["history"][-1] if record and record["history"] else metrics
+    return {
+        "trial_id": metrics.get("trial_id") or trial_dir.name,
+        "trial_dir": trial_dir.name,
+        "status": status,
+        "seed": config["train"]["seed"],
+        TUNE_REPLICATE: config[TUNE_REPLICATE],
+        "params": searched_values(sweep, config),
+        "epochs": int(final.get("epoch", 0)),
+        "restored": metrics.get("iterations_since_restore") != metrics.get("training_iteration"),
+        "metrics": {k: final[k] for k in METRIC_KEYS if k in final},
+        "fingerprint": _digests(record),
+        "environment": _environment(record),
+        "run_json": str((trial_dir / RUN_FILE).relative_to(folder)) if record else None,
+        "error": None if result.error is None else str(result.error).splitlines()[0][:500],
+    }
+
+
+def _digests(record: dict[str, Any] | None) -> dict[str, str] | None:
+    if record is None:
+        return None
+    return {k: v for k, v in record["fingerprint"].items() if k != "parameters"}
+
+
+def _environment(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    system = record["environment"]["system"]
+    return {
+        "hostname": system.get("hostname"),
+        "node": record.get("trial", {}).get("node"),
+        "device": record["model"].get("device"),
+        "gpu": (system.get("gpu_names") or [None])[0],
+        "cuda": system.get("cuda_version"),
+        "cudnn": system.get("cudnn_version"),
+        "torch": system.get("torch_version"),
+        "cpu_threads": record["seeding"].get("cpu_threads"),
+        "deterministic": record["seeding"].get("deterministic"),
+    }
+
+
+def _best(trials: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    done = [t for t in trials if t["status"] == COMPLETED and metric in t["metrics"]]
+    if not done:
+        return None
+    pick = min if mode == "min" else max
+    return pick(done, key=lambda t: t["metrics"][metric])

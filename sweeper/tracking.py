@@ -1,0 +1,42 @@
+"""W&B logging of a sweep, driver-side, through Ray's ``WandbLoggerCallback``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.air.integrations.wandb import WandbLoggerCallback
+
+from sweeper.spec import LoadedSweep
+from trainables.constants import PROVENANCE_KEYS
+
+
+class ProvenanceWandbCallback(WandbLoggerCallback):
+    """``WandbLoggerCallback`` that files each trial's provenance under the run's config.
+
+    A trial sends ``git/*``, ``system/*``, ``packages/*`` and ``node/*`` with its first result
+    (they describe the node it runs on); these keys go to ``wandb.config``, not to the history.
+    """
+
+    AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, *PROVENANCE_KEYS]
+
+
+def wandb_callback(sweep: LoadedSweep, folder: Path) -> ProvenanceWandbCallback:
+    """Build the callback for a sweep: project, group and tags from the spec, a stable ``dir``.
+
+    Runs land in ``<folder>/wandb/``.
+
+    A resumed trial logs to the same W&B run id (``resume="allow"``): online it continues the
+    run; offline it writes a second local run folder with that id, which ``wandb sync`` merges.
+    The API key, if any, is read from the environment by W&B and never enters a config.
+    """
+    spec = sweep.spec.wandb
+    folder.mkdir(parents=True, exist_ok=True)
+    return ProvenanceWandbCallback(
+        project=spec.project,
+        group=spec.group or sweep.spec.name,
+        tags=list(spec.tags),
+        mode=spec.mode,
+        dir=str(folder),  # stable: Ray may sync the trial folder before W&B finishes
+        resume="allow",
+        upload_checkpoints=False,
+    )

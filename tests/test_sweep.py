@@ -1,0 +1,99 @@
+"""End-to-end sweeps on a shared, module-scoped Ray (2 CPUs, 4 fake GPUs)."""
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from sweeper.driver import DriverOptions, apply_options, run_sweep
+from sweeper.spec import load_sweep
+
+pytestmark = pytest.mark.ray
+
+SMOKE = Path(__file__).parents[1] / "configs" / "smoke.yaml"
+
+
+def smoke_sweep(tmp_path, name, **overrides):
+    sweep = load_sweep(SMOKE, overrides)
+    return apply_options(sweep, DriverOptions(name=name, storage=str(tmp_path)))
+
+
+def run_records(folder, summary):
+    return {
+        t["trial_id"]: json.loads((folder / t["run_json"]).read_text()) for t in summary["trials"]
+    }
+
+
+def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
+    sweep = smoke_sweep(tmp_path, "smoke")
+    summary = run_sweep(sweep, DriverOptions(gpus=0))
+    folder = tmp_path / "smoke"
+
+    trials = summary["trials"]
+    assert summary["n_completed"] == 4 and summary["n_errored"] == 0
+    by_seed = {}
+    for t in trials:
+        by_seed.setdefault(t["seed"], []).append(t["fingerprint"])
+    assert sorted(by_seed) == [0, 1]
+    for fingerprints in by_seed.values():
+        assert fingerprints[0] == fingerprints[1]  # replicates: bit for bit
+    assert by_seed[0][0]["weights"] != by_seed[1][0]["weights"]  # seeds: different models
+
+    records = run_records(folder, summary)
+    for t in trials:  # the summary is the run.json files' word
+        assert records[t["trial_id"]]["fingerprint"]["weights"] == t["fingerprint"]["weights"]
+        assert t["environment"]["device"] == "cpu"
+    with open(folder / "results.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+    assert (folder / "best" / "run.json").exists() and (folder / "best" / "model.pt").exists()
+    best = json.loads((folder / "best" / "run.json").read_text())
+    assert best["trial"]["trial_id"] == summary["best_trial"]
+
+
+def test_every_trial_has_an_offline_wandb_run_with_provenance(ray_session, tmp_path):
+    summary = run_sweep(smoke_sweep(tmp_path, "wb", replicates=1), DriverOptions(gpus=0))
+    runs = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == summary["n_trials"] == 2
+    for run in runs:
+        log = next(run.glob("run-*.wandb")).read_bytes().decode("utf-8", "replace")
+        for key in ("git/commit", "system/torch_version", "packages/torch", "node/hostname"):
+            assert key in log
+        assert "WANDB_API_KEY" not in log
+
+
+def test_fake_gpus_spread_trials_over_gpus_and_train_on_cpu(ray_session, tmp_path):
+    sweep = smoke_sweep(tmp_path, "gpus", **{"resources.trials_per_gpu": 2})
+    summary = run_sweep(sweep, DriverOptions(gpus=4))
+    records = run_records(tmp_path / "gpus", summary)
+    gpu_ids = [r["trial"]["node"]["gpu_ids"] for r in records.values()]
+    # 2 CPUs: 2 concurrent trials, so each gets a whole GPU rather than sharing GPU 0
+    assert all(len(ids) == 1 for ids in gpu_ids)
+    assert len({ids[0] for ids in gpu_ids}) >= 2
+    assert all(r["model"]["device"] == "cpu" for r in records.values())
+
+
+class KillFirstReplicateOnce(tune.Callback):
+    """Kill replicate 0's process at epoch 3, once (after its checkpoint at epoch 2)."""
+
+    def __init__(self):
+        self.killed = False
+
+    def on_trial_result(self, iteration, trials, trial, result):
+        if not self.killed and trial.config["replicate"] == 0 and result["training_iteration"] == 3:
+            self.killed = True
+            os.kill(result["pid"], signal.SIGKILL)
+
+
+def test_killed_trial_resumes_from_checkpoint_and_ends_bit_for_bit(ray_session, tmp_path):
+    sweep = smoke_sweep(tmp_path, "kill", seeds=[0], **{"train.n_epochs": 6})
+    killer = KillFirstReplicateOnce()
+    summary = run_sweep(sweep, DriverOptions(gpus=0), extra_callbacks=[killer])
+    assert killer.killed
+    first, second = sorted(summary["trials"], key=lambda t: t["replicate"])
+    assert first["status"] == second["status"] == "completed"
+    assert first["restored"] and not second["restored"]
+    assert first["fingerprint"] == second["fingerprint"]

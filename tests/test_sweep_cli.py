@@ -1,0 +1,114 @@
+"""invae-sweep's command line: dry run, input errors, and resume after the driver is killed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeper.cli import sweep_main
+
+SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.yaml")
+SWEEP = str(Path(__file__).parents[1] / "configs" / "sweep.yaml")
+
+
+def test_dry_run_prints_every_trial_and_starts_nothing(tmp_path, capsys):
+    import ray
+
+    assert (
+        sweep_main(["--config", SWEEP, "--dry-run", "--gpus", "4", "--storage", str(tmp_path)]) == 0
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("24 trials ->")
+    assert out[1].split() == [
+        "trial",
+        "seed",
+        "replicate",
+        "learning_rate",
+        "model.z_i_dim",
+        "cpus",
+        "gpus",
+    ]
+    assert len(out) == 2 + 24
+    assert out[2].split()[-1] == "0.25"  # 24 trials on 4 GPUs, 4 per GPU
+    assert not ray.is_initialized()
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--config", "/nonexistent.yaml"], "file not found"),
+        (["--config", SMOKE, "--resume"], "nothing to resume"),
+    ],
+)
+def test_input_errors_are_one_line_and_exit_2(tmp_path, capsys, args, fragment):
+    assert sweep_main([*args, "--storage", str(tmp_path), "--gpus", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("invae-sweep: error:") and "\n" not in err and fragment in err
+
+
+def test_an_existing_sweep_folder_is_never_overwritten(tmp_path, capsys):
+    (tmp_path / "invae-smoke").mkdir()
+    (tmp_path / "invae-smoke" / "summary.json").write_text("{}")
+    assert sweep_main(["--config", SMOKE, "--storage", str(tmp_path), "--gpus", "0"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "invae-smoke" / "summary.json").read_text() == "{}"
+
+
+def test_online_wandb_without_api_key_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    args = ["--config", SMOKE, "--storage", str(tmp_path), "--gpus", "0"]
+    sweep = tmp_path / "online.yaml"
+    sweep.write_text(Path(SMOKE).read_text().replace("mode: offline", "mode: online"))
+    sweep.with_name("train_config.yaml").write_text("")
+    sweep.with_name("data_config.yaml").write_text("")
+    args[1] = str(sweep)
+    assert sweep_main(args) == 2
+    assert "API key" in capsys.readouterr().err
+
+
+def run_driver(storage, *extra):
+    env = {**os.environ, "INVAE_SWEEP_CACHE": str(storage / "cache")}
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from sweeper.cli import sweep_main; sys.exit(sweep_main())",
+    ]
+    command += ["--config", SMOKE, "--storage", str(storage), "--gpus", "0", "--cpus", "2", *extra]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+@pytest.mark.ray
+def test_resume_after_the_driver_is_killed_reruns_no_finished_trial(tmp_path):
+    driver = run_driver(tmp_path)
+    folder = tmp_path / "invae-smoke"
+    deadline = time.monotonic() + 300
+    while not list(folder.glob("*/run.json")):
+        assert driver.poll() is None, driver.stdout.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+    driver.wait()
+    finished = {p: p.stat().st_mtime_ns for p in folder.glob("*/run.json")}
+    assert not (folder / "summary.json").exists()
+
+    resumed = run_driver(tmp_path, "--resume")
+    out = resumed.communicate(timeout=600)[0].decode()
+    assert resumed.returncode == 0, out[-3000:]
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished.items())  # not rerun
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["n_trials"] == summary["n_completed"] == 4
+    for trial in summary["trials"]:
+        assert (folder / trial["run_json"]).exists()
+    by_seed = {}
+    for t in summary["trials"]:
+        by_seed.setdefault(t["seed"], set()).add(t["fingerprint"]["weights"])
+    assert all(len(weights) == 1 for weights in by_seed.values())
