@@ -95,12 +95,30 @@ def test_no_covariates_gives_a_standard_normal_prior():
 def test_optimizer_split_muon_takes_only_hidden_matrices():
     model = InVAE(N_GENES, N_BIO, N_TECH, ModelConfig(hidden=(32, 16)))
     muon, adamw = split_parameters(model, muon_gene_layers=False)
+    hidden = {id(layer.weight) for layer in model.hidden_layers()}
+    assert {id(p) for p in muon} == hidden
     assert all(p.ndim == 2 for p in muon)
-    gene = {id(layer.weight) for layer in model.gene_layers()}
-    assert not gene & {id(p) for p in muon} and gene <= {id(p) for p in adamw}
+    # inputs and heads stay with AdamW
+    for layer in (model.encoder[0], model.enc_mean, model.dec_freq, model.prior_i.log_var):
+        assert id(layer.weight) not in hidden
     assert {id(p) for p in muon} | {id(p) for p in adamw} == {id(p) for p in model.parameters()}
     muon_all, _ = split_parameters(model, muon_gene_layers=True)
+    gene = {id(layer.weight) for layer in model.gene_layers()}
     assert gene <= {id(p) for p in muon_all}
+
+
+def test_hidden_layers_of_a_two_layer_model():
+    model = InVAE(N_GENES, N_BIO, N_TECH, ModelConfig(hidden=(32, 16)))
+    shapes = [tuple(layer.weight.shape) for layer in model.hidden_layers()]
+    # encoder 32->16; decoder z (30+5)->16 and 16->32; each prior's 32->16
+    assert shapes == [(16, 32), (16, 35), (32, 16), (16, 32), (16, 32)]
+
+
+def test_a_one_layer_model_still_trains_its_latent_side_with_muon():
+    model = InVAE(N_GENES, N_BIO, N_TECH, ModelConfig(hidden=(16,)))
+    cfg = TrainConfig(model=ModelConfig(hidden=(16,)))
+    optimizers = build_optimizers(model, cfg)
+    assert [type(o).__name__ for o in optimizers] == ["Muon", "AdamW"]
 
 
 def test_optimizers_have_explicit_weight_decay():

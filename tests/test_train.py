@@ -6,7 +6,8 @@ import torch
 
 from trainables.constants import METRIC_KEYS
 from trainables.model import InVAE
-from trainables.train import NonFiniteLossError, check_finite, clip_gradients, kl_weight, train
+from trainables.step import clip_gradients, kl_weight
+from trainables.train import NonFiniteLossError, check_finite, train
 
 
 @pytest.mark.parametrize(

@@ -109,6 +109,18 @@ class InVAE(nn.Module):
         """The gene-wide layers: the encoder's input layer and the decoder's output layer."""
         return [self.encoder[0], self.dec_freq]
 
+    def hidden_layers(self) -> list[nn.Linear]:
+        """Layers between hidden units (the latent counts as hidden), the ones Muon is for.
+
+        Excluded: layers reading the network's inputs (counts, one-hot covariates) and heads
+        writing distribution parameters (posterior, prior and decoder outputs).
+        """
+        encoder = _linears(self.encoder)[1:]
+        priors = [
+            layer for p in (self.prior_i, self.prior_s) if p.net for layer in _linears(p.net)[1:]
+        ]
+        return [*encoder, *_linears(self.decoder), *priors]
+
     def encode(self, counts: Tensor, bio: Tensor, tech: Tensor) -> tuple[Tensor, Tensor]:
         """Return the posterior mean and variance, each ``(n_cells, z_i_dim + z_s_dim)``."""
         h = self.encoder(torch.cat([torch.log1p(counts), bio, tech], dim=1))
@@ -150,6 +162,10 @@ class InVAE(nn.Module):
         """Return the posterior means of ``z_i`` and ``z_s`` (call in eval mode)."""
         mean, _ = self.encode(counts, bio, tech)
         return mean[:, : self.cfg.z_i_dim], mean[:, self.cfg.z_i_dim :]
+
+
+def _linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
 
 def nb_log_likelihood(x: Tensor, mu: Tensor, theta: Tensor) -> Tensor:

@@ -14,9 +14,9 @@ def split_parameters(
 ) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Divide the trainable parameters between Muon and AdamW.
 
-    Muon takes every 2-D weight matrix (it rejects other shapes); AdamW takes biases, BatchNorm
-    parameters and the gene-wise dispersion. The gene-wide input and output matrices go to
-    AdamW unless ``muon_gene_layers`` is set, as embedding-like and output layers usually are.
+    Muon takes the weight matrices of the hidden layers (``InVAE.hidden_layers``), plus the
+    gene-wide input and output matrices when ``muon_gene_layers`` is set. AdamW takes the rest:
+    biases, BatchNorm, the gene-wise dispersion, input layers and distribution heads.
 
     Args:
         model: The inVAE module.
@@ -25,47 +25,51 @@ def split_parameters(
     Returns:
         ``(muon_params, adamw_params)``, each in ``model.parameters()`` order.
     """
-    gene_weights = {id(layer.weight) for layer in model.gene_layers()}
-    muon, adamw = [], []
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        to_muon = param.ndim == 2 and (muon_gene_layers or id(param) not in gene_weights)
-        (muon if to_muon else adamw).append(param)
-    return muon, adamw
+    layers = model.hidden_layers() + (model.gene_layers() if muon_gene_layers else [])
+    to_muon = {id(layer.weight) for layer in layers}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [p for p in params if id(p) in to_muon], [p for p in params if id(p) not in to_muon]
 
 
 def build_optimizers(model: InVAE, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """Create ``[Muon, AdamW]`` for the model, with every hyperparameter set explicitly.
+    """Create ``[Muon, AdamW]`` (Muon only if there are hidden layers), hyperparameters explicit.
 
     Muon uses ``adjust_lr_fn="match_rms_adamw"`` so that both optimizers share one learning
-    rate and weight decay scale (Liu et al., 2025, "Muon is Scalable for LLM Training").
+    rate and weight decay scale (Liu et al., 2025, "Muon is Scalable for LLM Training"). On a
+    GPU, AdamW is the fused, capturable implementation (one kernel, CUDA-graph safe).
 
     Args:
-        model: The inVAE module.
+        model: The inVAE module, already on its device.
         cfg: Learning rate and the ``optimizer`` section of the training config.
 
     Returns:
-        The two optimizers; step both after each backward pass.
+        The optimizers; step all of them after each backward pass.
     """
     opt = cfg.optimizer
     muon_params, adamw_params = split_parameters(model, opt.muon_gene_layers)
-    muon = torch.optim.Muon(
-        muon_params,
-        lr=cfg.learning_rate,
-        weight_decay=opt.muon_weight_decay,
-        momentum=opt.muon_momentum,
-        nesterov=True,
-        adjust_lr_fn="match_rms_adamw",
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    optimizers: list[torch.optim.Optimizer] = []
+    if muon_params:
+        optimizers.append(
+            torch.optim.Muon(
+                muon_params,
+                lr=cfg.learning_rate,
+                weight_decay=opt.muon_weight_decay,
+                momentum=opt.muon_momentum,
+                nesterov=True,
+                adjust_lr_fn="match_rms_adamw",
+            )
+        )
+    optimizers.append(
+        torch.optim.AdamW(
+            adamw_params,
+            lr=cfg.learning_rate,
+            betas=opt.adamw_betas,
+            weight_decay=opt.adamw_weight_decay,
+            **({"fused": True, "capturable": True} if on_cuda else {"foreach": True}),
+        )
     )
-    adamw = torch.optim.AdamW(
-        adamw_params,
-        lr=cfg.learning_rate,
-        betas=opt.adamw_betas,
-        weight_decay=opt.adamw_weight_decay,
-        foreach=True,
-    )
-    return [muon, adamw]
+    return optimizers
 
 
 def model_summary(model: InVAE, optimizers: list[torch.optim.Optimizer]) -> dict:

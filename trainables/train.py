@@ -24,6 +24,7 @@ from trainables.optim import build_optimizers, model_summary
 from trainables.prepared import PreparedData, Split
 from trainables.provenance import get_environment_info
 from trainables.seeding import rng_state, set_rng_state, set_seed, torch_generator
+from trainables.step import EagerStep, kl_weight, make_step
 
 # report(metrics) every epoch; report(metrics, state) on checkpoint epochs.
 Report = Callable[..., None]
@@ -63,13 +64,6 @@ class DeviceSplit:
     def from_split(cls, split: Split, device: torch.device) -> DeviceSplit:
         """Copy a host split to ``device`` once."""
         return cls(*(torch.as_tensor(a).to(device) for a in (split.counts, split.bio, split.tech)))
-
-
-def kl_weight(step: int, start: float, end: float, warmup_steps: int) -> float:
-    """KL weight β at an optimizer step: linear from ``start`` to ``end`` over ``warmup_steps``."""
-    if warmup_steps == 0 or step >= warmup_steps:
-        return end
-    return start + (end - start) * step / warmup_steps
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,6 +109,9 @@ def train(
     model = InVAE(prepared.n_genes, prepared.n_bio, prepared.n_tech, train_cfg.model).to(device)
     optimizers = build_optimizers(model, train_cfg)
     generator = torch_generator(train_cfg.seed, device)
+    step_fn = make_step(
+        model, optimizers, (train_set.counts, train_set.bio, train_set.tech), train_cfg
+    )
     epoch, step, history = 0, 0, []
     if resume is not None:
         epoch, step, history = restore_state(resume, model, optimizers, generator)
@@ -122,7 +119,7 @@ def train(
     epoch_seconds = []
     while epoch < train_cfg.n_epochs:
         tick = time.perf_counter()
-        train_row, step = train_epoch(model, optimizers, train_set, generator, train_cfg, step)
+        train_row, step = train_epoch(step_fn, prepared.train.n_cells, generator, train_cfg, step)
         row = {"epoch": epoch + 1, **train_row, **evaluate(model, val_set, train_cfg)}
         epoch_seconds.append(time.perf_counter() - tick)
         check_finite(row)
@@ -153,51 +150,34 @@ def train(
     )
 
 
-def train_epoch(
-    model: InVAE,
-    optimizers: list[torch.optim.Optimizer],
-    data: DeviceSplit,
-    generator: torch.Generator,
-    cfg: TrainConfig,
-    step: int,
-) -> tuple[dict[str, float], int]:
-    """Run one pass over shuffled minibatches; return the cell-weighted mean terms and the step.
+def minibatches(n_cells: int, batch_size: int, generator: torch.Generator, device) -> Tensor:
+    """Shuffle the cells and cut them into full minibatches, ``(n_batches, batch_size)``.
 
-    A final minibatch of a single cell is skipped: BatchNorm cannot normalise one cell.
+    The incomplete last minibatch is dropped (other cells each epoch, as the order is
+    reshuffled), so every step has one shape; with fewer cells than ``batch_size``, all cells
+    form one minibatch.
     """
-    model.train()
-    n_cells = data.counts.shape[0]
-    order = torch.randperm(n_cells, generator=generator, device=data.counts.device)
-    sums = torch.zeros(6, device=data.counts.device)  # loss, recon, kl_i, kl_s, indep, grad_norm
-    n_seen, n_steps = 0, 0
-    beta = kl_weight(step, cfg.beta_start, cfg.beta_end, cfg.beta_warmup_steps)
-    for idx in order.split(cfg.batch_size):
-        if idx.numel() < 2:
-            continue
-        beta = kl_weight(step, cfg.beta_start, cfg.beta_end, cfg.beta_warmup_steps)
-        terms = model(data.counts[idx], data.bio[idx], data.tech[idx])
-        loss = terms.total(beta, cfg.indep_weight)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = clip_gradients(model, cfg.grad_clip)
-        for opt in optimizers:
-            opt.step()
-        sums[:5] += torch.stack([loss.detach(), *(t.detach() for t in terms)]) * idx.numel()
-        sums[5] += grad_norm
-        n_seen, n_steps, step = n_seen + idx.numel(), n_steps + 1, step + 1
-    totals = sums.tolist()
+    order = torch.randperm(n_cells, generator=generator, device=device)
+    size = min(batch_size, n_cells)
+    return order[: n_cells // size * size].view(-1, size)
+
+
+def train_epoch(
+    step_fn: EagerStep, n_cells: int, generator: torch.Generator, cfg: TrainConfig, step: int
+) -> tuple[dict[str, float], int]:
+    """Run one pass over shuffled minibatches; return the cell-weighted mean terms and the step."""
+    step_fn.model.train()
+    step_fn.sums.zero_()
+    batches = minibatches(n_cells, cfg.batch_size, generator, step_fn.sums.device)
+    for idx in batches:
+        step_fn(idx, step)
+        step += 1
+    totals = step_fn.sums.tolist()
+    n_seen, n_steps = batches.numel(), batches.shape[0]
     means = [v / n_seen for v in totals[:5]] + [totals[5] / n_steps]
     names = ("train_loss", "recon", "kl_i", "kl_s", "indep", "grad_norm")
+    beta = kl_weight(step - 1, cfg.beta_start, cfg.beta_end, cfg.beta_warmup_steps)
     return {**dict(zip(names, means, strict=True)), "beta": beta}, step
-
-
-def clip_gradients(model: InVAE, max_norm: float | None) -> Tensor:
-    """Clip the global gradient norm to ``max_norm`` (if set); return the norm before clipping."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm is None:
-        return torch.nn.utils.get_total_norm([p.grad for p in params])
-    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
 
 @torch.no_grad()

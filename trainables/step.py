@@ -1,0 +1,132 @@
+"""One optimizer step on a minibatch, eager or replayed from a captured CUDA graph.
+
+A step of this small model is a few hundred tiny kernels: on a GPU its cost is kernel launches
+and Python, not arithmetic. :class:`GraphedStep` captures forward, backward, gradient clipping
+and both optimizer steps into one CUDA graph and replays it, so a step costs one launch. Graph
+replay runs the same kernels on the same inputs as eager execution, so where a run starts or
+resumes does not change its bits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from trainables.config import TrainConfig
+from trainables.model import InVAE
+
+WARMUP_STEPS = 3  # eager steps before capture: optimizer state must exist to be captured
+N_SUMS = 6  # per-epoch accumulators: loss, recon, kl_i, kl_s, indep (cell-weighted), grad_norm
+
+
+def kl_weight(step: float | Tensor, start: float, end: float, warmup_steps: int) -> float | Tensor:
+    """KL weight β at an optimizer step: linear from ``start`` to ``end`` over ``warmup_steps``.
+
+    Works on a Python number or a tensor (the step counter inside a CUDA graph).
+    """
+    if warmup_steps == 0:
+        return end + 0 * step
+    fraction = step / warmup_steps
+    fraction = fraction.clamp(max=1.0) if isinstance(fraction, Tensor) else min(fraction, 1.0)
+    return start + (end - start) * fraction
+
+
+def clip_gradients(model: InVAE, max_norm: float | None) -> Tensor:
+    """Clip the global gradient norm to ``max_norm`` (if set); return the norm before clipping."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is None:
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+
+class EagerStep:
+    """A training step run op by op. Accumulates the epoch's loss terms into ``sums``.
+
+    Args:
+        model: The module, in training mode.
+        optimizers: Stepped in order after each backward pass.
+        tensors: Full training ``(counts, bio, tech)`` on the device.
+        cfg: Loss weights, β schedule and gradient clipping.
+    """
+
+    def __init__(
+        self,
+        model: InVAE,
+        optimizers: list[torch.optim.Optimizer],
+        tensors: tuple[Tensor, Tensor, Tensor],
+        cfg: TrainConfig,
+    ):
+        self.model, self.optimizers, self.tensors, self.cfg = model, optimizers, tensors, cfg
+        device = tensors[0].device
+        self.sums = torch.zeros(N_SUMS, device=device)
+        self.step_counter = torch.zeros((), device=device)  # optimizer steps taken, as float
+
+    def __call__(self, idx: Tensor, step: int) -> None:
+        """Take one step on the cells ``idx`` (the run's ``step``-th optimizer step)."""
+        self.step_counter.fill_(step)
+        self._compute(idx)
+
+    def _compute(self, idx: Tensor) -> None:
+        cfg = self.cfg
+        counts, bio, tech = (t[idx] for t in self.tensors)
+        beta = kl_weight(self.step_counter, cfg.beta_start, cfg.beta_end, cfg.beta_warmup_steps)
+        terms = self.model(counts, bio, tech)
+        loss = terms.total(beta, cfg.indep_weight)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_gradients(self.model, cfg.grad_clip)
+        for opt in self.optimizers:
+            opt.step()
+        weighted = torch.stack([loss.detach(), *(t.detach() for t in terms)]) * idx.numel()
+        self.sums[:5] += weighted
+        self.sums[5] += grad_norm
+
+
+class GraphedStep(EagerStep):
+    """A training step replayed from a CUDA graph captured after a few eager steps.
+
+    Minibatches must all have the size of the first one (the loop drops incomplete ones).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_idx: Tensor | None = None
+        self.eager_steps = 0
+
+    def __call__(self, idx: Tensor, step: int) -> None:
+        """Take one step: eagerly during warm-up, then by graph replay."""
+        if self.graph is None and self.eager_steps < WARMUP_STEPS:
+            self.eager_steps += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                super().__call__(idx, step)
+            torch.cuda.current_stream().wait_stream(side)
+            return
+        if self.graph is None:
+            self._capture(idx)
+        self.static_idx.copy_(idx)
+        self.step_counter.fill_(step)
+        self.graph.replay()
+
+    def _capture(self, idx: Tensor) -> None:
+        self.static_idx = idx.clone()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)  # the graph allocates and owns the gradients
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._compute(self.static_idx)
+
+
+def make_step(
+    model: InVAE,
+    optimizers: list[torch.optim.Optimizer],
+    tensors: tuple[Tensor, Tensor, Tensor],
+    cfg: TrainConfig,
+) -> EagerStep:
+    """A graphed step on CUDA when ``cfg.cuda_graphs`` is set, else an eager one."""
+    on_cuda = tensors[0].device.type == "cuda"
+    cls = GraphedStep if on_cuda and cfg.cuda_graphs else EagerStep
+    return cls(model, optimizers, tensors, cfg)
