@@ -17,6 +17,7 @@ from typing import Any
 
 from sweeper.results import collect_results, write_spec_record
 from sweeper.spec import LoadedSweep, SweepError, expand_trials, param_space, searched_values
+from trainables.config import config_to_dict
 from trainables.constants import TUNE_REPLICATE
 from trainables.seeding import determinism_env
 
@@ -218,7 +219,11 @@ def _make_tuner(
     # data keys: then each trial prepares its own (cached on disk, so once per distinct value).
     shared = None if spec.searched_data_keys() else prepare_data(sweep.data)
     trainable = tune.with_parameters(
-        tune_trainable, data=shared, checkpoint_every=spec.checkpoint_every
+        tune_trainable,
+        base_train=config_to_dict(sweep.train),
+        base_data=config_to_dict(sweep.data),
+        data=shared,
+        checkpoint_every=spec.checkpoint_every,
     )
     n_gpus, gpu = gpus  # GPUs to use, share of one trial
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial, "gpu": gpu})

@@ -188,14 +188,17 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
 
 
 def param_space(sweep: LoadedSweep) -> dict[str, Any]:
-    """Build the Tune param space: full train/data configs with searched leaves as domains.
+    """Build the Tune param space: the seed and searched keys as nested dicts, the replicate.
 
-    Seeds and replicate indices are grid axes; with ``constant_grid_search`` every replicate
-    of a (hyperparameters, seed) point then gets exactly the same config.
+    Trials apply these values to the sweep's base configs (shipped to them separately), so the
+    trial table and trial names show what varies. Seeds and replicate indices are grid axes;
+    with ``constant_grid_search`` every replicate of a (hyperparameters, seed) point then gets
+    exactly the same config.
     """
     from ray import tune
 
-    train, data = config_to_dict(sweep.train), config_to_dict(sweep.data)
+    train: dict[str, Any] = {}
+    data: dict[str, Any] = {}
     for key, dist in sweep.spec.search.items():
         if key.startswith(DATA_PREFIX):
             _set_leaf(data, key.removeprefix(DATA_PREFIX), tune_domain(dist))
@@ -351,5 +354,5 @@ def _check_distribution(where: str, dist: Any, annotation: Any) -> list[Any]:
 def _set_leaf(tree: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for part in parents:
-        tree = tree[part]
+        tree = tree.setdefault(part, {})
     tree[leaf] = value

@@ -7,17 +7,18 @@ from pathlib import Path
 from ray.air.integrations.wandb import WandbLoggerCallback
 
 from sweeper.spec import LoadedSweep
-from trainables.constants import PROVENANCE_KEYS
+from trainables.constants import WANDB_CONFIG_KEYS
 
 
 class ProvenanceWandbCallback(WandbLoggerCallback):
-    """``WandbLoggerCallback`` that files each trial's provenance under the run's config.
+    """``WandbLoggerCallback`` that files each trial's configs and provenance under its config.
 
-    A trial sends ``git/*``, ``system/*``, ``packages/*`` and ``node/*`` with its first result
-    (they describe the node it runs on); these keys go to ``wandb.config``, not to the history.
+    A trial sends ``run_config/*`` (its full train and data configs), ``git/*``, ``system/*``,
+    ``packages/*`` and ``node/*`` (they describe the node it runs on) with its first result;
+    these keys go to ``wandb.config``, not to the history.
     """
 
-    AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, *PROVENANCE_KEYS]
+    AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, *WANDB_CONFIG_KEYS]
 
 
 def wandb_callback(sweep: LoadedSweep, folder: Path) -> ProvenanceWandbCallback:

@@ -102,11 +102,14 @@ def test_search_keys_reach_train_model_and_data(tmp_path):
     assert sweep.spec.searched_data_keys() == ["data.n_top_genes"]
 
 
-def test_param_space_holds_the_full_configs(tmp_path):
-    space = param_space(load_sweep(write_sweep(tmp_path, train={"n_epochs": 7})))
-    assert space["train"]["n_epochs"] == 7
-    assert space["train"]["model"]["z_i_dim"] == 30
-    assert space["data"]["data_path"] == "simulated"
+def test_param_space_holds_only_what_varies(tmp_path):
+    search = {"model.z_i_dim": {"grid": [4, 8]}, "data.n_top_genes": {"choice": [100, 200]}}
+    sweep = load_sweep(write_sweep(tmp_path, train={"n_epochs": 7}, search=search, replicates=2))
+    space = param_space(sweep)
+    assert set(space) == {"train", "data", "replicate"}
+    assert set(space["train"]) == {"seed", "model"} and set(space["train"]["model"]) == {"z_i_dim"}
+    assert set(space["data"]) == {"n_top_genes"}
+    assert sweep.train.n_epochs == 7  # the base config carries the rest
 
 
 def test_relative_data_paths_become_absolute(tmp_path, monkeypatch):

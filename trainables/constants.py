@@ -29,10 +29,13 @@ CHECKPOINT_FILE = "state.pt"  # a resumable training state inside a checkpoint f
 
 RUN_SCHEMA_VERSION = 1
 
-# Layout of a Tune trial config: the full train and data configs as nested dicts, plus the
-# replicate index. A replicate differs from its siblings in nothing but this index.
+# Layout of a Tune trial config: what the trial changes in the sweep's base train and data
+# configs (seed, searched values) as nested dicts, plus the replicate index. A replicate
+# differs from its siblings in nothing but this index.
 TUNE_TRAIN = "train"
 TUNE_DATA = "data"
 TUNE_REPLICATE = "replicate"
-# Result keys that W&B records as run config (provenance), sent with a trial's first result.
-PROVENANCE_KEYS: tuple[str, ...] = ("git", "system", "packages", "node")
+# Result keys that W&B files under the run's config, not its history; a trial sends them with
+# its first result: its full configs and its provenance (the node it runs on).
+RUN_CONFIG = "run_config"
+WANDB_CONFIG_KEYS: tuple[str, ...] = (RUN_CONFIG, "git", "system", "packages", "node")

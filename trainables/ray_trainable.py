@@ -13,8 +13,20 @@ from typing import Any
 import ray
 from ray import tune
 
-from trainables.config import DataConfig, TrainConfig, config_from_dict
-from trainables.constants import CHECKPOINT_FILE, TUNE_DATA, TUNE_REPLICATE, TUNE_TRAIN
+from trainables.config import (
+    DataConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    flatten_dict,
+)
+from trainables.constants import (
+    CHECKPOINT_FILE,
+    RUN_CONFIG,
+    TUNE_DATA,
+    TUNE_REPLICATE,
+    TUNE_TRAIN,
+)
 from trainables.files import atomic_torch_save, load_torch
 from trainables.prepared import PreparedData
 from trainables.provenance import get_environment_info
@@ -22,10 +34,18 @@ from trainables.run_record import write_run
 from trainables.train import train
 
 
-def trial_configs(config: dict[str, Any]) -> tuple[TrainConfig, DataConfig, int]:
-    """Validate a Tune trial config into ``(train config, data config, replicate index)``."""
-    train_cfg = config_from_dict(TrainConfig, config[TUNE_TRAIN], source="trial config train")
-    data_cfg = config_from_dict(DataConfig, config[TUNE_DATA], source="trial config data")
+def trial_configs(
+    config: dict[str, Any], base_train: dict[str, Any], base_data: dict[str, Any]
+) -> tuple[TrainConfig, DataConfig, int]:
+    """Validate a trial: the base configs with the trial's values applied.
+
+    Returns:
+        ``(train config, data config, replicate index)``.
+    """
+    train = flatten_dict(config.get(TUNE_TRAIN, {}))
+    data = flatten_dict(config.get(TUNE_DATA, {}))
+    train_cfg = config_from_dict(TrainConfig, base_train, train, source="trial config train")
+    data_cfg = config_from_dict(DataConfig, base_data, data, source="trial config data")
     return train_cfg, data_cfg, int(config.get(TUNE_REPLICATE, 0))
 
 
@@ -40,24 +60,31 @@ def node_info() -> dict[str, Any]:
 
 
 def tune_trainable(
-    config: dict[str, Any], data: PreparedData | None = None, checkpoint_every: int = 0
+    config: dict[str, Any],
+    base_train: dict[str, Any],
+    base_data: dict[str, Any],
+    data: PreparedData | None = None,
+    checkpoint_every: int = 0,
 ) -> None:
     """Run one trial: train, report every epoch, checkpoint, write run.json + model.pt.
 
     Args:
-        config: The trial config (``train``, ``data``, ``replicate``).
+        config: The trial config: its ``train`` and ``data`` values, its ``replicate``.
+        base_train: The sweep's base train config, as a dict.
+        base_data: The sweep's base data config, as a dict.
         data: Data prepared once by the driver for this config; None prepares it here
             (through the on-disk cache).
         checkpoint_every: Report a resumable checkpoint every this many epochs (0: never).
     """
-    train_cfg, data_cfg, replicate = trial_configs(config)
+    train_cfg, data_cfg, replicate = trial_configs(config, base_train, base_data)
     checkpoint = tune.get_checkpoint()
     resume = None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = load_torch(Path(folder) / CHECKPOINT_FILE, weights_only=False)
     node = node_info()
-    first = {"node": node, **get_environment_info()}  # provenance, sent with the first result
+    run_config = {"train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg)}
+    first = {RUN_CONFIG: run_config, "node": node, **get_environment_info()}  # W&B config
     tags = {"seed": train_cfg.seed, TUNE_REPLICATE: replicate}
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
