@@ -20,7 +20,6 @@ from sweeper.spec import LoadedSweep, SweepError, searched_values
 from trainables.config import config_to_dict
 from trainables.constants import METRIC_KEYS, MODEL_FILE, RUN_FILE, TUNE_REPLICATE
 from trainables.files import ResultFileError, atomic_write_bytes, atomic_write_json, read_json
-from trainables.provenance import get_environment_info
 
 SPEC_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"
@@ -55,6 +54,8 @@ def write_spec_record(folder: Path, sweep: LoadedSweep, resume: bool) -> None:
                 "the original file, or start a new sweep with --name"
             )
         return
+    from trainables.provenance import get_environment_info
+
     atomic_write_json(
         path,
         {

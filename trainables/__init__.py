@@ -1,6 +1,18 @@
-"""What one inVAE trial runs, usable without Ray: config, seeding, data, model, training loop."""
+"""What one inVAE trial runs, usable without Ray: config, seeding, data, model, training loop.
 
-from trainables.provenance import get_environment_info
-from trainables.seeding import set_seed
+``set_seed`` and ``get_environment_info`` are imported on first use, so that reading results
+(``trainables.files``, ``trainables.run_record``) does not load torch.
+"""
+
+from importlib import import_module
+from typing import Any
+
+_LAZY = {"set_seed": "trainables.seeding", "get_environment_info": "trainables.provenance"}
 
 __all__ = ["get_environment_info", "set_seed"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'trainables' has no attribute {name!r}")
