@@ -162,3 +162,102 @@ def _dry_run_gpus(gpus: int | None) -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def verify_main(argv: Sequence[str] | None = None) -> int:
+    """``invae-verify``: check that replicates of a finished sweep are bit-for-bit identical."""
+    from sweeper.analysis import verify_sweep, write_verification
+    from sweeper.verification_report import format_verdict, write_verification_report
+    from trainables.files import ResultFileError
+
+    parser = argparse.ArgumentParser(prog="invae-verify", description=verify_main.__doc__)
+    parser.add_argument("sweep_dir", help="a sweep folder (holding summary.json)")
+    parser.add_argument("--json", metavar="OUT", help="also write the verification JSON here")
+    args = parser.parse_args(argv)
+    try:
+        verification = verify_sweep(args.sweep_dir)
+    except ResultFileError as err:
+        return _fail(parser.prog, err, EXIT_USAGE)
+    write_verification(args.sweep_dir, verification)
+    if args.json:
+        write_verification(args.sweep_dir, verification, args.json)
+    _markdown, html = write_verification_report(verification, args.sweep_dir)
+    print(format_verdict(verification))
+    print(f"report: {html}")
+    return EXIT_OK if verification["passed"] else EXIT_FAILED
+
+
+def audit_main(argv: Sequence[str] | None = None) -> int:
+    """``invae-audit``: run N replicates of one config as Ray trials and verify them."""
+    from sweeper.audit import audit_sweep, run_audit
+    from sweeper.driver import DriverOptions, apply_options, sweep_dir
+    from sweeper.spec import SweepError, load_sweep
+    from sweeper.verification_report import format_verdict, write_verification_report
+    from trainables.files import ResultFileError
+
+    parser = argparse.ArgumentParser(prog="invae-audit", description=audit_main.__doc__)
+    parser.add_argument("--config", default="configs/audit.yaml", help="audit (or sweep) YAML")
+    parser.add_argument("--seed", type=int, help="the seed to audit (default: the file's)")
+    parser.add_argument("--repeats", type=int, help="replicates (default: the file's)")
+    parser.add_argument(
+        "--deterministic",
+        choices=["true", "false"],
+        help="audit deterministic (default) or non-deterministic mode",
+    )
+    parser.add_argument("--gpus", type=int, help="GPUs to use (0: CPU trials; default: all)")
+    parser.add_argument("--cpus", type=int, help="CPUs of a local Ray (default: all)")
+    parser.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
+    parser.add_argument("--storage", help="where the audit folder goes")
+    parser.add_argument("--name", help="audit folder name (default: <name>-<date>-<time>)")
+    parser.add_argument("--smoke", action="store_true", help="tiny data, 2 epochs")
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 2:
+        return _fail(parser.prog, ValueError("--repeats must be >= 2 to compare anything"), 2)
+    options = DriverOptions(
+        gpus=args.gpus, cpus=args.cpus, address=args.address, name=args.name, storage=args.storage
+    )
+    try:
+        sweep = load_sweep(args.config, _smoke_sweep_overrides() if args.smoke else None)
+        deterministic = None if args.deterministic is None else args.deterministic == "true"
+        sweep = apply_options(audit_sweep(sweep, args.seed, args.repeats, deterministic), options)
+        verification = run_audit(sweep, options)
+    except (ConfigError, SweepError, ResultFileError) as err:
+        return _fail(parser.prog, err, EXIT_USAGE)
+    _, html = write_verification_report(verification, sweep_dir(sweep))
+    print(format_verdict(verification))
+    print(f"report: {html}")
+    return EXIT_OK if verification["passed"] else EXIT_FAILED
+
+
+def reproduce_main(argv: Sequence[str] | None = None) -> int:
+    """``invae-reproduce``: rerun a recorded run and compare fingerprints bit for bit."""
+    import tempfile
+
+    from sweeper.report import format_table
+    from sweeper.reproduce import reproduce_run
+    from trainables.data import DataError
+    from trainables.files import ResultFileError
+
+    parser = argparse.ArgumentParser(prog="invae-reproduce", description=reproduce_main.__doc__)
+    parser.add_argument("run_dir", help="a folder holding run.json (a trial folder, best/, ...)")
+    parser.add_argument("--out", help="where the rerun goes (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    out = args.out or tempfile.mkdtemp(prefix="invae-reproduce-")
+    try:
+        outcome = reproduce_run(args.run_dir, out)
+    except (ConfigError, DataError, ResultFileError) as err:
+        return _fail(parser.prog, err, EXIT_USAGE)
+    differences = outcome["environment_differences"]
+    print("environment: " + ("as recorded" if not differences else "differs from the record:"))
+    if differences:
+        print(format_table(differences))
+    for key, same in outcome["same"].items():
+        print(f"{key:>9}: {'identical' if same else 'DIFFERENT'}")
+    if outcome["first_divergence"]:
+        first = outcome["first_divergence"]
+        print(f"first divergence: epoch {first['epoch']}: {', '.join(first['metrics'])}")
+    if outcome["differing_tensors"]:
+        print(format_table(outcome["differing_tensors"][:10]))
+    print(f"rerun: {outcome['rerun']}")
+    print("REPRODUCED bit for bit" if outcome["identical"] else "NOT REPRODUCED")
+    return EXIT_OK if outcome["identical"] else EXIT_FAILED

@@ -1,4 +1,4 @@
-"""Human-readable tables and reports of sweeps and audits."""
+"""Human-readable tables of sweeps: the trial table, the end-of-sweep summary."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -
     if not rows:
         return "(no rows)"
     columns = columns or list(rows[0])
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[cell_text(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
@@ -28,11 +28,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if best is not None:
         lines.append(
             f"best trial {best['trial_id']} (seed {best['seed']}, replicate {best['replicate']}, "
-            f"{_params(best['params'])}): {metric} = {best['metrics'][metric]:.6g}"
+            f"{params_text(best['params'])}): {metric} = {best['metrics'][metric]:.6g}"
         )
     groups = [
         {
-            "params": _params(g["params"]),
+            "params": params_text(g["params"]),
             "seeds": len(g["seeds"]),
             "trials": g["n_trials"],
             f"{metric} mean": g["mean"],
@@ -48,11 +48,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_cell(v)}" for k, v in params.items()) or "(no search)"
+def params_text(params: dict[str, Any]) -> str:
+    """``key=value, ...`` for searched values, or ``(no search)``."""
+    return ", ".join(f"{k}={cell_text(v)}" for k, v in params.items()) or "(no search)"
 
 
-def _cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
+    """A table cell: floats to 6 significant digits, None empty."""
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else str(value)
