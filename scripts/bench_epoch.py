@@ -1,12 +1,16 @@
-"""Seconds per training epoch of inVAE on pancreas-shape simulated data.
+"""Seconds per training epoch of inVAE on pancreas-shape data, against the original inVAE.
 
-Prints a table (and optionally writes JSON) with the device, torch version and settings:
+Same data (the simulated pancreas shape: 16,382 cells, 4,000 HVGs, the training split), same
+sizes (z 30/5, hidden [128, 128], batch 256), same card, one process:
 
-    python scripts/bench_epoch.py --device cpu --epochs 3
-    python scripts/bench_epoch.py --device cuda --epochs 5 --json bench_epoch.json
+    python scripts/bench_epoch.py --device cuda --epochs 6 --json bench_epoch.json
+    python scripts/bench_epoch.py --device cpu --epochs 3 --impl ours,original
 
-The first epoch is reported separately (warm-up: allocator, kernel selection); the figure to
-quote is the median of the others.
+Rows: ``ours`` (CUDA graphs and torch.compile, the defaults), ``ours-nocompile`` (graphs
+only), ``ours-eager`` (neither), each in
+deterministic and fast (non-deterministic) mode, and ``original`` (PyPI ``invae==0.1.0``
+``FinVAE``, installed with ``pip install --no-deps invae==0.1.0``). The first epoch is warm-up
+(allocation, graph capture) and reported apart; the figure quoted is the median of the others.
 """
 
 from __future__ import annotations
@@ -20,69 +24,169 @@ import time
 
 import torch
 
-from trainables.config import DataConfig, TrainConfig, load_train_config
+from trainables.config import DataConfig, load_train_config
 from trainables.data import prepare_data
+from trainables.model import InVAE
+from trainables.prepared import PreparedData
 from trainables.train import train
 
 
-def bench(train_cfg: TrainConfig, data) -> dict:
-    """Train ``train_cfg.n_epochs`` epochs and time each one from the report calls."""
+def epoch_times(run) -> list[float]:
+    """Run ``run(report)`` and return the seconds between successive report calls."""
     stamps = [time.perf_counter()]
-    train(train_cfg, data, report=lambda row, state=None: stamps.append(time.perf_counter()))
-    per_epoch = [b - a for a, b in itertools.pairwise(stamps)]
-    later = per_epoch[1:] or per_epoch
+    run(lambda *_: stamps.append(time.perf_counter()))
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def bench_ours(data: PreparedData, args, mode: str, impl: str) -> list[float]:
+    cfg = load_train_config(
+        overrides={
+            "n_epochs": args.epochs,
+            "device": args.device,
+            "cpu_threads": args.threads,
+            "deterministic": mode == "deterministic",
+            "cuda_graphs": impl != "ours-eager",
+            "compile": impl == "ours",
+        }
+    )
+    return epoch_times(lambda report: train(cfg, data, report=report))
+
+
+def bench_original(data: PreparedData, args) -> list[float]:
+    """The original FinVAE: its own AnnLoader pipeline, Adam, same sizes (one call per epoch)."""
+    import anndata as ad
+    import pandas as pd
+    from inVAE import FinVAE
+
+    split = data.train
+    obs = pd.DataFrame(
+        {
+            "celltype": pd.Categorical(split.bio_codes[:, 0].astype(str)),
+            "tech": pd.Categorical(split.tech_codes[:, 0].astype(str)),
+        }
+    )
+    model = FinVAE(
+        adata=ad.AnnData(X=split.counts, obs=obs),
+        layer=None,
+        inv_covar_keys={"cat": ["celltype"], "cont": []},
+        spur_covar_keys={"cat": ["tech"], "cont": []},
+        latent_dim_inv=30,
+        latent_dim_spur=5,
+        n_layers=2,
+        hidden_dim=128,
+        device="cuda" if args.device.startswith("cuda") else "cpu",
+        batch_size=256,
+        dropout_rate=0.1,
+    )
+
+    def run(report):
+        for _ in range(args.epochs):
+            model.train(n_epochs=1, lr_train=1e-3, weight_decay=1e-4, print_every_n_epochs=10**6)
+            report()
+
+    return epoch_times(run)
+
+
+def profile_kernels(data: PreparedData, args, compile_: bool) -> dict[str, object]:
+    """Kernels per training step and their GPU time, eager (one profiled epoch after a warm one)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    overrides = {"device": args.device, "cuda_graphs": False, "compile": compile_}
+    train(load_train_config(overrides={**overrides, "n_epochs": 1}), data)  # compile, warm up
+    cfg = load_train_config(overrides={**overrides, "n_epochs": 1})
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        train(cfg, data)
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    steps = data.train.n_cells // cfg.batch_size
+    total_us = sum(e.self_device_time_total for e in kernels)
+    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:6]
     return {
-        "first_epoch_s": per_epoch[0],
-        "median_epoch_s": statistics.median(later),
-        "min_epoch_s": min(later),
-        "max_epoch_s": max(later),
+        "compile": compile_,
+        "kernels_per_step": sum(e.count for e in kernels) / steps,
+        "gpu_ms_per_step": total_us / steps / 1000,
+        "top": [
+            (e.key[:60], round(e.self_device_time_total / steps, 1), e.count // steps) for e in top
+        ],
+    }
+
+
+def floor_counts(data: PreparedData, batch_size: int) -> dict[str, float]:
+    """Arithmetic of one epoch: matmul FLOPs (forward + backward = 3x forward) and steps."""
+    cfg = load_train_config()
+    model = InVAE(data.n_genes, data.n_bio, data.n_tech, cfg.model)
+    macs_per_cell = sum(
+        m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)
+    )
+    steps = data.train.n_cells // batch_size
+    return {
+        "steps_per_epoch": steps,
+        "matmul_gflop_per_epoch": 3 * 2 * macs_per_cell * steps * batch_size / 1e9,
+        "counts_mb_per_epoch": steps * batch_size * data.n_genes * 4 / 1e6,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--modes", default="deterministic", help="comma list: deterministic,fast")
-    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--impl", default="ours,ours-nocompile,ours-eager,original")
+    parser.add_argument("--modes", default="deterministic,fast")
+    parser.add_argument("--profile", action="store_true", help="count kernels per step (CUDA)")
+    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
-    data = prepare_data(DataConfig())  # pancreas shape, 4,000 HVGs
+    data = prepare_data(DataConfig())
     rows = []
-    for mode in args.modes.split(","):
-        cfg = load_train_config(
-            overrides={
-                "n_epochs": args.epochs,
-                "device": args.device,
-                "cpu_threads": args.threads,
-                "batch_size": args.batch_size,
-                "deterministic": mode == "deterministic",
-            }
-        )
-        rows.append({"mode": mode, "batch_size": args.batch_size, **bench(cfg, data)})
-
-    on_gpu = torch.cuda.is_available() and args.device != "cpu"
-    device = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
+    for impl in args.impl.split(","):
+        modes = args.modes.split(",") if impl != "original" else ["(its own)"]
+        for mode in modes:
+            if impl == "original":
+                times = bench_original(data, args)
+            else:
+                times = bench_ours(data, args, mode, impl)
+            later = times[1:] or times
+            rows.append(
+                {
+                    "impl": impl,
+                    "mode": mode,
+                    "first_epoch_s": times[0],
+                    "median_epoch_s": statistics.median(later),
+                    "min_epoch_s": min(later),
+                }
+            )
+    baseline = next((r["median_epoch_s"] for r in rows if r["impl"] == "original"), None)
+    on_gpu = args.device.startswith("cuda")
     header = {
-        "device": device,
+        "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "threads": args.threads,
         "cells_train": data.train.n_cells,
         "genes": data.n_genes,
+        **floor_counts(data, 256),
     }
-    print(" ".join(f"{k}={v}" for k, v in header.items()))
-    print(f"{'mode':<14}{'batch':>6}{'first s':>10}{'median s/epoch':>16}{'min':>8}{'max':>8}")
+    print(
+        " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in header.items())
+    )
+    print(f"{'impl':<12}{'mode':<15}{'first s':>9}{'median s/epoch':>16}{'min':>9}{'speed-up':>10}")
     for r in rows:
+        speedup = f"{baseline / r['median_epoch_s']:.1f}x" if baseline else "-"
         print(
-            f"{r['mode']:<14}{r['batch_size']:>6}{r['first_epoch_s']:>10.3f}"
-            f"{r['median_epoch_s']:>16.3f}{r['min_epoch_s']:>8.3f}{r['max_epoch_s']:>8.3f}"
+            f"{r['impl']:<12}{r['mode']:<15}{r['first_epoch_s']:>9.3f}"
+            f"{r['median_epoch_s']:>16.4f}{r['min_epoch_s']:>9.4f}{speedup:>10}"
         )
+    profiles = [profile_kernels(data, args, c) for c in (False, True)] if args.profile else []
+    for p in profiles:
+        print(
+            f"compile={p['compile']}: {p['kernels_per_step']:.0f} kernels/step, "
+            f"{p['gpu_ms_per_step']:.3f} ms GPU/step; top (name, us/step, launches/step):"
+        )
+        for name, us, n in p["top"]:
+            print(f"    {us:>8.1f} us  x{n:<3} {name}")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"header": header, "rows": rows}, handle, indent=2)
+            json.dump({"header": header, "rows": rows, "profiles": profiles}, handle, indent=2)
 
 
 if __name__ == "__main__":

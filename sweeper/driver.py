@@ -259,6 +259,7 @@ def _make_tuner(
             ),
             scheduler=scheduler,
             max_concurrent_trials=max_concurrent,
+            reuse_actors=True,  # no process start, imports or CUDA context per trial
         ),
         run_config=tune.RunConfig(
             name=spec.name,

@@ -17,6 +17,7 @@ RECORD_KEYS = {
     "cpu_threads",
     "torch_deterministic_algorithms",
     "torch_deterministic_warn_only",
+    "fill_uninitialized_memory",
     "inductor_deterministic",
     "cudnn_deterministic",
     "cudnn_benchmark",
@@ -53,6 +54,7 @@ def restore_global_state():
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
         "threads": torch.get_num_threads(),
+        "fill": torch.utils.deterministic.fill_uninitialized_memory,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "legacy_tf32": _legacy_tf32(),
@@ -63,6 +65,7 @@ def restore_global_state():
     yield
     torch.use_deterministic_algorithms(saved["deterministic"], warn_only=saved["warn_only"])
     torch.set_num_threads(saved["threads"])
+    torch.utils.deterministic.fill_uninitialized_memory = saved["fill"]
     torch.backends.cudnn.deterministic = saved["cudnn_deterministic"]
     torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
     # The legacy TF32 switches are state of their own: restore them before the new-API flags.

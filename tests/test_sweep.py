@@ -44,7 +44,8 @@ def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
     assert by_seed[0][0]["weights"] != by_seed[1][0]["weights"]  # seeds: different models
 
     records = run_records(folder, summary)
-    for t in trials:  # the summary is the run.json files' word
+    for t in trials:  # the summary is the run.json files' word, each in its own trial folder
+        assert records[t["trial_id"]]["trial"]["trial_id"] == t["trial_id"]
         assert records[t["trial_id"]]["fingerprint"]["weights"] == t["fingerprint"]["weights"]
         assert t["environment"]["device"] == "cpu"
     with open(folder / "results.csv") as handle:

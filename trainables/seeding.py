@@ -94,6 +94,9 @@ def set_seed(seed: int, deterministic: bool, cpu_threads: int = 1) -> dict[str, 
     torch.cuda.manual_seed_all(seed)
 
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    # Deterministic mode also fills every torch.empty with NaN, a debugging aid that costs
+    # kernels (8% of a graphed step on an H100) and changes no result of correct code.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
@@ -110,6 +113,7 @@ def set_seed(seed: int, deterministic: bool, cpu_threads: int = 1) -> dict[str, 
         "cpu_threads": torch.get_num_threads(),
         "torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "torch_deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "fill_uninitialized_memory": torch.utils.deterministic.fill_uninitialized_memory,
         "inductor_deterministic": _inductor_deterministic(),
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from trainables.config import TrainConfig
-from trainables.model import InVAE
+from trainables.model import InVAE, LossTerms
 
 WARMUP_STEPS = 3  # eager steps before capture: optimizer state must exist to be captured
 N_SUMS = 6  # per-epoch accumulators: loss, recon, kl_i, kl_s, indep (cell-weighted), grad_norm
@@ -29,6 +29,31 @@ def kl_weight(step: float | Tensor, start: float, end: float, warmup_steps: int)
     fraction = step / warmup_steps
     fraction = fraction.clamp(max=1.0) if isinstance(fraction, Tensor) else min(fraction, 1.0)
     return start + (end - start) * fraction
+
+
+def minibatch_loss(
+    model: InVAE,
+    tensors: tuple[Tensor, Tensor, Tensor],
+    idx: Tensor,
+    beta: Tensor,
+    indep_weight: float,
+) -> tuple[Tensor, LossTerms]:
+    """Gather a minibatch; return its objective and loss terms (what ``torch.compile`` fuses)."""
+    counts, bio, tech = (t[idx] for t in tensors)
+    terms = model(counts, bio, tech)
+    return terms.total(beta, indep_weight), terms
+
+
+def compiled_loss():
+    """``minibatch_loss`` compiled by Inductor, with eager (ATen) random numbers.
+
+    ``fallback_random`` keeps dropout and the reparameterisation noise on torch's own generator,
+    so their draws match eager execution and are CUDA-graph safe.
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    return torch.compile(minibatch_loss, fullgraph=True, dynamic=False)
 
 
 def clip_gradients(model: InVAE, max_norm: float | None) -> Tensor:
@@ -58,6 +83,7 @@ class EagerStep:
     ):
         self.model, self.optimizers, self.tensors, self.cfg = model, optimizers, tensors, cfg
         device = tensors[0].device
+        self.loss = compiled_loss() if cfg.compile and device.type == "cuda" else minibatch_loss
         self.sums = torch.zeros(N_SUMS, device=device)
         self.step_counter = torch.zeros((), device=device)  # optimizer steps taken, as float
 
@@ -68,10 +94,8 @@ class EagerStep:
 
     def _compute(self, idx: Tensor) -> None:
         cfg = self.cfg
-        counts, bio, tech = (t[idx] for t in self.tensors)
         beta = kl_weight(self.step_counter, cfg.beta_start, cfg.beta_end, cfg.beta_warmup_steps)
-        terms = self.model(counts, bio, tech)
-        loss = terms.total(beta, cfg.indep_weight)
+        loss, terms = self.loss(self.model, self.tensors, idx, beta, cfg.indep_weight)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -100,7 +100,7 @@ def train(
     Raises:
         NonFiniteLossError: A loss became NaN or infinite.
     """
-    started = time.perf_counter()
+    started, started_unix = time.perf_counter(), time.time()
     prepared = data if isinstance(data, PreparedData) else prepare_data(data)
     seeding = set_seed(train_cfg.seed, train_cfg.deterministic, train_cfg.cpu_threads)
     device = resolve_device(train_cfg.device)
@@ -144,8 +144,14 @@ def train(
         optimizer_states=optimizer_states,
         timing={
             "total_s": time.perf_counter() - started,
+            "started_unix": started_unix,
+            "finished_unix": time.time(),
             "epochs_run": len(epoch_seconds),
             "mean_epoch_s": sum(epoch_seconds) / max(len(epoch_seconds), 1),
+            "epoch_s": epoch_seconds,  # the first includes CUDA-graph capture and compilation
+            "max_gpu_memory_bytes": (
+                torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            ),
         },
     )
 
