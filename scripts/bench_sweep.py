@@ -33,10 +33,14 @@ CONFIG = Path(__file__).parents[1] / "configs" / "sweep.yaml"
 
 
 class GpuSampler:
-    """Samples nvidia-smi's GPU utilisation (%) every 200 ms in a background thread."""
+    """Samples nvidia-smi's utilisation (%) of every GPU every 200 ms in a background thread.
+
+    ``samples`` pools all GPUs; ``per_gpu[i]`` holds GPU i's samples.
+    """
 
     def __init__(self):
         self.samples: list[float] = []
+        self.per_gpu: dict[int, list[float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -56,7 +60,9 @@ class GpuSampler:
                 text=True,
             )
             if out.returncode == 0 and out.stdout.strip():
-                self.samples.append(float(out.stdout.split()[0]))
+                for gpu, value in enumerate(out.stdout.split()):
+                    self.samples.append(float(value))
+                    self.per_gpu.setdefault(gpu, []).append(float(value))
 
 
 def run_packing(k: int, n_trials: int, epochs: int, storage: Path) -> dict:

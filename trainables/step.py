@@ -48,11 +48,17 @@ def compiled_loss():
     """``minibatch_loss`` compiled by Inductor, with eager (ATen) random numbers.
 
     ``fallback_random`` keeps dropout and the reparameterisation noise on torch's own generator,
-    so their draws match eager execution and are CUDA-graph safe.
+    so their draws match eager execution and are CUDA-graph safe. A process that runs many
+    trials (Ray reuses them) compiles once per model shape; past Dynamo's recompile limit it
+    would silently fall back to eager kernels, changing a trial's numerics with the process's
+    history, so the limit is raised and hitting it is an error.
     """
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 1024)
+    dynamo_config.fail_on_recompile_limit_hit = True
     return torch.compile(minibatch_loss, fullgraph=True, dynamic=False)
 
 
