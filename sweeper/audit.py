@@ -9,6 +9,7 @@ from typing import Any
 from sweeper.analysis import verify_sweep, write_verification
 from sweeper.driver import DriverOptions, run_sweep, sweep_dir
 from sweeper.spec import LoadedSweep
+from sweeper.storage import SweepFolder
 
 
 def audit_sweep(
@@ -43,14 +44,37 @@ def audit_sweep(
     return replace(sweep, spec=spec, train=train)
 
 
-def run_audit(sweep: LoadedSweep, options: DriverOptions) -> dict[str, Any]:
+def run_audit(sweep: LoadedSweep, options: DriverOptions) -> tuple[dict[str, Any], str]:
     """Run the audit's replicates as Ray trials, verify them and write the verification files.
 
+    Replicates run on different nodes where the cluster has several.
+
     Returns:
-        The verification (see ``sweeper.analysis.verify_sweep``).
+        The verification (see ``sweeper.analysis.verify_sweep``) and the HTML report's location.
     """
-    run_sweep(sweep, options)
-    folder = sweep_dir(sweep)
-    verification = verify_sweep(folder)
-    write_verification(folder, verification)
-    return verification
+    run_sweep(sweep, replace(options, spread_replicates=True))
+    return verify_and_publish(sweep_dir(sweep))
+
+
+def verify_and_publish(folder: SweepFolder) -> tuple[dict[str, Any], str]:
+    """Verify a sweep folder and write the verification JSON, markdown and HTML report into it.
+
+    A remote folder is verified through a local copy.
+
+    Returns:
+        The verification and the HTML report's location.
+
+    Raises:
+        ResultFileError: A result file is missing or corrupt (named).
+    """
+    from sweeper.verification_report import write_verification_report
+
+    local = folder.download()
+    verification = verify_sweep(local)
+    write_verification(local, verification)
+    _, html = write_verification_report(verification, local)
+    if folder.local is not None:
+        return verification, str(html)
+    for path in sorted(local.glob("verification*")):
+        folder.write_bytes(path.name, path.read_bytes())
+    return verification, f"{folder}/{html.name}"

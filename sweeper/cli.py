@@ -166,22 +166,22 @@ def _dry_run_gpus(gpus: int | None) -> int:
 
 def verify_main(argv: Sequence[str] | None = None) -> int:
     """``invae-verify``: check that replicates of a finished sweep are bit-for-bit identical."""
-    from sweeper.analysis import verify_sweep, write_verification
-    from sweeper.verification_report import format_verdict, write_verification_report
+    from sweeper.analysis import write_verification
+    from sweeper.audit import verify_and_publish
+    from sweeper.storage import SweepFolder
+    from sweeper.verification_report import format_verdict
     from trainables.files import ResultFileError
 
     parser = argparse.ArgumentParser(prog="invae-verify", description=verify_main.__doc__)
-    parser.add_argument("sweep_dir", help="a sweep folder (holding summary.json)")
+    parser.add_argument("sweep_dir", help="a sweep folder (holding summary.json), or its URI")
     parser.add_argument("--json", metavar="OUT", help="also write the verification JSON here")
     args = parser.parse_args(argv)
     try:
-        verification = verify_sweep(args.sweep_dir)
-    except ResultFileError as err:
+        verification, html = verify_and_publish(SweepFolder(args.sweep_dir))
+    except (ResultFileError, OSError) as err:
         return _fail(parser.prog, err, EXIT_USAGE)
-    write_verification(args.sweep_dir, verification)
     if args.json:
         write_verification(args.sweep_dir, verification, args.json)
-    _markdown, html = write_verification_report(verification, args.sweep_dir)
     print(format_verdict(verification))
     print(f"report: {html}")
     return EXIT_OK if verification["passed"] else EXIT_FAILED
@@ -190,9 +190,9 @@ def verify_main(argv: Sequence[str] | None = None) -> int:
 def audit_main(argv: Sequence[str] | None = None) -> int:
     """``invae-audit``: run N replicates of one config as Ray trials and verify them."""
     from sweeper.audit import audit_sweep, run_audit
-    from sweeper.driver import DriverOptions, apply_options, sweep_dir
+    from sweeper.driver import DriverOptions, apply_options
     from sweeper.spec import SweepError, load_sweep
-    from sweeper.verification_report import format_verdict, write_verification_report
+    from sweeper.verification_report import format_verdict
     from trainables.files import ResultFileError
 
     parser = argparse.ArgumentParser(prog="invae-audit", description=audit_main.__doc__)
@@ -220,10 +220,9 @@ def audit_main(argv: Sequence[str] | None = None) -> int:
         sweep = load_sweep(args.config, _smoke_sweep_overrides() if args.smoke else None)
         deterministic = None if args.deterministic is None else args.deterministic == "true"
         sweep = apply_options(audit_sweep(sweep, args.seed, args.repeats, deterministic), options)
-        verification = run_audit(sweep, options)
+        verification, html = run_audit(sweep, options)
     except (ConfigError, SweepError, ResultFileError) as err:
         return _fail(parser.prog, err, EXIT_USAGE)
-    _, html = write_verification_report(verification, sweep_dir(sweep))
     print(format_verdict(verification))
     print(f"report: {html}")
     return EXIT_OK if verification["passed"] else EXIT_FAILED

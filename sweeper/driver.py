@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import netrc
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sweeper.results import collect_results, write_spec_record
 from sweeper.spec import LoadedSweep, SweepError, expand_trials, param_space, searched_values
+from sweeper.storage import SweepFolder, is_uri
 from trainables.config import config_to_dict
 from trainables.constants import TUNE_REPLICATE
 from trainables.seeding import determinism_env
@@ -34,6 +35,7 @@ class DriverOptions:
     name: str | None = None
     storage: str | None = None
     resume: bool = False
+    spread_replicates: bool = False  # pin replicate i to node i mod n (audits; multi-node)
 
 
 def apply_options(sweep: LoadedSweep, options: DriverOptions) -> LoadedSweep:
@@ -46,9 +48,12 @@ def apply_options(sweep: LoadedSweep, options: DriverOptions) -> LoadedSweep:
     return replace(sweep, spec=spec)
 
 
-def sweep_dir(sweep: LoadedSweep) -> Path:
-    """The sweep folder ``<storage>/<name>`` as an absolute path."""
-    return Path(sweep.spec.storage_path).expanduser().resolve() / sweep.spec.name
+def sweep_dir(sweep: LoadedSweep) -> SweepFolder:
+    """The sweep folder ``<storage>/<name>``: an absolute path or a URI."""
+    storage = sweep.spec.storage_path
+    if not is_uri(storage):
+        storage = str(Path(storage).expanduser().resolve())
+    return SweepFolder(f"{storage.rstrip('/')}/{sweep.spec.name}")
 
 
 def gpus_per_trial(sweep: LoadedSweep, n_gpus: int, n_cpus: float | None = None) -> float:
@@ -134,6 +139,7 @@ def connect(options: DriverOptions, env: dict[str, str]) -> tuple[int, float, bo
             ray.init(address=address, runtime_env=runtime_env)
         else:
             ray.init(
+                address="local",  # never join a cluster that happens to run on this machine
                 num_cpus=options.cpus,
                 num_gpus=options.gpus,
                 include_dashboard=False,
@@ -149,6 +155,34 @@ def connect(options: DriverOptions, env: dict[str, str]) -> tuple[int, float, bo
         raise SweepError(f"--gpus {options.gpus} asked for, but {where} has {available} GPUs")
     n_gpus = available if options.gpus is None else options.gpus
     return n_gpus, resources.get("CPU", 1.0), started
+
+
+def replicates_over_nodes(resources: dict[str, float]) -> Callable | None:
+    """Per-trial resources pinning replicate ``i`` to node ``i mod n``; None on a single node.
+
+    Only nodes that can hold a trial count. Audits use this to compare runs across nodes;
+    the pin is Ray's node-id label selector on the trial's placement group.
+    """
+    import ray
+    from ray import tune
+
+    need = {"CPU": resources["cpu"], "GPU": resources["gpu"]}
+    nodes = sorted(
+        n["NodeID"]
+        for n in ray.nodes()
+        if n["Alive"] and all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)
+    )
+    if len(nodes) < 2:
+        return None
+    bundle = {k: v for k, v in need.items() if v}
+
+    def pinned(config: dict[str, Any]) -> Any:
+        node = nodes[int(config.get(TUNE_REPLICATE, 0)) % len(nodes)]
+        return tune.PlacementGroupFactory(
+            [bundle], bundle_label_selector=[{"ray.io/node-id": node}]
+        )
+
+    return pinned
 
 
 def run_sweep(
@@ -178,9 +212,15 @@ def run_sweep(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     n_gpus, n_cpus, started = connect(options, worker_env(sweep))
     try:
+        if len([n for n in ray.nodes() if n["Alive"]]) > 1:
+            folder.check_visible_from_all_nodes()
         write_spec_record(folder, sweep, resume=options.resume)
         gpu = gpus_per_trial(sweep, n_gpus, n_cpus)
-        tuner = _make_tuner(sweep, folder, (n_gpus, gpu), options.resume, list(extra_callbacks))
+        resources = {"cpu": sweep.spec.resources.cpus_per_trial, "gpu": gpu}
+        if options.spread_replicates:
+            resources = replicates_over_nodes(resources) or resources
+        placement = (n_gpus, gpu, resources)
+        tuner = _make_tuner(sweep, folder, placement, options.resume, list(extra_callbacks))
         grid = tuner.fit()
         return collect_results(sweep, folder, grid)
     finally:
@@ -188,12 +228,12 @@ def run_sweep(
             ray.shutdown()
 
 
-def _check_folder(folder: Path, resume: bool) -> None:
+def _check_folder(folder: SweepFolder, resume: bool) -> None:
     from ray import tune
 
-    if resume and not tune.Tuner.can_restore(str(folder)):
+    if resume and not tune.Tuner.can_restore(folder.location):
         raise SweepError(f"{folder}: nothing to resume (no sweep state found there)")
-    if not resume and folder.exists() and any(folder.iterdir()):
+    if not resume and not folder.is_empty():
         raise SweepError(
             f"{folder} already holds a sweep: pass --resume to continue it, or --name to start "
             "another"
@@ -202,8 +242,8 @@ def _check_folder(folder: Path, resume: bool) -> None:
 
 def _make_tuner(
     sweep: LoadedSweep,
-    folder: Path,
-    gpus: tuple[int, float],
+    folder: SweepFolder,
+    placement: tuple[int, float, Any],
     resume: bool,
     callbacks: list[Any],
 ):
@@ -225,12 +265,13 @@ def _make_tuner(
         data=shared,
         checkpoint_every=spec.checkpoint_every,
     )
-    n_gpus, gpu = gpus  # GPUs to use, share of one trial
-    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial, "gpu": gpu})
+    # GPUs to use, a trial's GPU share, its resources (a dict, or a callable of its config)
+    n_gpus, gpu, resources = placement
+    trainable = tune.with_resources(trainable, resources)
     space = param_space(sweep)
     if resume:
         return tune.Tuner.restore(
-            str(folder),
+            folder.location,
             trainable=trainable,
             param_space=space,
             resume_unfinished=True,
@@ -262,8 +303,8 @@ def _make_tuner(
             reuse_actors=True,  # no process start, imports or CUDA context per trial
         ),
         run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=str(folder.parent),
+            name=folder.name,
+            storage_path=folder.storage_path,
             callbacks=_callbacks(sweep, folder) + callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -273,9 +314,10 @@ def _make_tuner(
     )
 
 
-def _callbacks(sweep: LoadedSweep, folder: Path) -> list[Any]:
+def _callbacks(sweep: LoadedSweep, folder: SweepFolder) -> list[Any]:
     if sweep.spec.wandb.mode == "disabled":
         return []
     from sweeper.tracking import wandb_callback
 
-    return [wandb_callback(sweep, folder)]
+    # W&B writes on the driver's machine: the sweep folder, or ./runs/<name> for cloud storage
+    return [wandb_callback(sweep, folder.local or Path.cwd() / "runs" / folder.name)]

@@ -10,16 +10,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
+import posixpath
 import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sweeper.spec import LoadedSweep, SweepError, searched_values
+from sweeper.storage import SweepFolder
 from trainables.config import config_to_dict
 from trainables.constants import METRIC_KEYS, MODEL_FILE, RUN_FILE, TUNE_REPLICATE
-from trainables.files import ResultFileError, atomic_write_bytes, atomic_write_json, read_json
+from trainables.files import ResultFileError, read_json
 
 SPEC_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"
@@ -38,16 +39,16 @@ def spec_record(sweep: LoadedSweep) -> dict[str, Any]:
     }
 
 
-def write_spec_record(folder: Path, sweep: LoadedSweep, resume: bool) -> None:
+def write_spec_record(folder: SweepFolder, sweep: LoadedSweep, resume: bool) -> None:
     """Record the sweep definition and the driver's environment; on resume, check it is unchanged.
 
     Raises:
         SweepError: Resuming with a sweep file whose trials differ from the recorded ones.
     """
-    path = folder / SPEC_FILE
+    path = f"{folder}/{SPEC_FILE}"
     current = spec_record(sweep)
-    if resume and path.exists():
-        recorded = read_json(path)
+    if resume and folder.exists(SPEC_FILE):
+        recorded = folder.read_json(SPEC_FILE)
         if {k: recorded.get(k) for k in current} != json.loads(json.dumps(current)):
             raise SweepError(
                 f"{sweep.source} no longer matches the sweep recorded in {path}: resume with "
@@ -56,8 +57,8 @@ def write_spec_record(folder: Path, sweep: LoadedSweep, resume: bool) -> None:
         return
     from trainables.provenance import get_environment_info
 
-    atomic_write_json(
-        path,
+    folder.write_json(
+        SPEC_FILE,
         {
             **current,
             "source": sweep.source,
@@ -67,7 +68,7 @@ def write_spec_record(folder: Path, sweep: LoadedSweep, resume: bool) -> None:
     )
 
 
-def collect_results(sweep: LoadedSweep, folder: Path, grid: Any) -> dict[str, Any]:
+def collect_results(sweep: LoadedSweep, folder: SweepFolder, grid: Any) -> dict[str, Any]:
     """Summarise a Tune ``ResultGrid`` into ``summary.json``, ``results.csv`` and ``best/``."""
     trials = [_trial_entry(sweep, folder, result) for result in grid]
     trials.sort(key=lambda t: t["trial_id"])
@@ -84,13 +85,12 @@ def collect_results(sweep: LoadedSweep, folder: Path, grid: Any) -> dict[str, An
         "groups": seed_groups(trials, sweep.spec.metric),
         "trials": trials,
     }
-    atomic_write_json(folder / SUMMARY_FILE, summary)
-    atomic_write_bytes(folder / RESULTS_FILE, results_csv(trials).encode())
     if best is not None:
-        run_dir = (folder / best["run_json"]).parent
+        run_dir = posixpath.dirname(best["run_json"])
         for name in (RUN_FILE, MODEL_FILE):
-            (folder / BEST_DIR).mkdir(exist_ok=True)
-            shutil.copy2(run_dir / name, folder / BEST_DIR / name)
+            folder.copy(f"{run_dir}/{name}", f"{BEST_DIR}/{name}")
+    folder.write_bytes(RESULTS_FILE, results_csv(trials).encode())
+    folder.write_json(SUMMARY_FILE, summary)  # last: a complete summary means a complete sweep
     return summary
 
 
@@ -143,14 +143,15 @@ def results_csv(trials: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _trial_entry(sweep: LoadedSweep, folder: Path, result: Any) -> dict[str, Any]:
-    trial_dir = Path(result.path)
+def _trial_entry(sweep: LoadedSweep, folder: SweepFolder, result: Any) -> dict[str, Any]:
+    trial_dir = folder.relative(result.path)
+    run_json = f"{trial_dir}/{RUN_FILE}"
     metrics = result.metrics or {}
     config = result.config
     record = None
-    if (trial_dir / RUN_FILE).exists():
+    if folder.exists(run_json):
         try:
-            record = read_json(trial_dir / RUN_FILE)
+            record = folder.read_json(run_json)
         except ResultFileError:
             record = None
     if result.error is not None:
@@ -161,8 +162,8 @@ def _trial_entry(sweep: LoadedSweep, folder: Path, result: Any) -> dict[str, Any
         status = STOPPED
     final = record["history"][-1] if record and record["history"] else metrics
     return {
-        "trial_id": metrics.get("trial_id") or trial_dir.name,
-        "trial_dir": trial_dir.name,
+        "trial_id": metrics.get("trial_id") or trial_dir,
+        "trial_dir": trial_dir,
         "status": status,
         "seed": config["train"]["seed"],
         TUNE_REPLICATE: config[TUNE_REPLICATE],
@@ -172,9 +173,15 @@ def _trial_entry(sweep: LoadedSweep, folder: Path, result: Any) -> dict[str, Any
         "metrics": {k: final[k] for k in METRIC_KEYS if k in final},
         "fingerprint": _digests(record),
         "environment": _environment(record),
-        "run_json": str((trial_dir / RUN_FILE).relative_to(folder)) if record else None,
-        "error": None if result.error is None else str(result.error).splitlines()[0][:500],
+        "run_json": run_json if record else None,
+        "error": None if result.error is None else error_reason(result.error),
     }
+
+
+def error_reason(error: BaseException) -> str:
+    """The line of a trial's error that says what went wrong (a traceback ends with it)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:500]
 
 
 def _digests(record: dict[str, Any] | None) -> dict[str, str] | None:

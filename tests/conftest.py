@@ -49,7 +49,8 @@ def ray_session(tmp_path_factory):
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # local workers inherit the driver's environment
-    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    # address="local": a new instance even if another Ray runs on this machine
+    ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
     for key, value in saved.items():
