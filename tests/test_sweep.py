@@ -98,3 +98,22 @@ def test_killed_trial_resumes_from_checkpoint_and_ends_bit_for_bit(ray_session, 
     assert first["status"] == second["status"] == "completed"
     assert first["restored"] and not second["restored"]
     assert first["fingerprint"] == second["fingerprint"]
+
+
+def test_a_trial_that_keeps_failing_is_errored_with_its_reason(ray_session, tmp_path):
+    sweep = smoke_sweep(
+        tmp_path,
+        "nan",
+        seeds=[0],
+        replicates=1,
+        search={"learning_rate": {"grid": [1.0e-3, 1.0e12]}},
+        max_failures=1,
+        **{"train.grad_clip": None},
+    )
+    summary = run_sweep(sweep, DriverOptions(gpus=0))
+    by_rate = {t["params"]["learning_rate"]: t for t in summary["trials"]}
+    assert by_rate[1.0e-3]["status"] == "completed"
+    bad = by_rate[1.0e12]
+    assert bad["status"] == "errored" and bad["run_json"] is None
+    assert "non-finite loss" in bad["error"]
+    assert summary["best_trial"] == by_rate[1.0e-3]["trial_id"]
