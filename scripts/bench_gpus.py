@@ -29,9 +29,8 @@ CONFIG = Path(__file__).parents[1] / "configs" / "sweep.yaml"
 def run(gpus: int, epochs: int, storage: Path) -> dict:
     """One sweep on ``gpus`` GPUs; its throughput and placement."""
     name = f"gpus-{gpus}"
-    sweep = load_sweep(
-        CONFIG, {"train.n_epochs": epochs, "name": name, "storage_path": str(storage)}
-    )
+    overrides = {"train.n_epochs": epochs, "name": name, "storage_path": str(storage)}
+    sweep = load_sweep(CONFIG, {**overrides, "outputs.best_n": 0})  # time trials, not pictures
     started = time.time()
     with GpuSampler() as sampler:
         summary = run_sweep(sweep, DriverOptions(gpus=gpus))

@@ -77,6 +77,7 @@ def run_packing(k: int, n_trials: int, epochs: int, storage: Path) -> dict:
         "resources.cpus_per_trial": 0.5,
         "checkpoint_every": 0,
         "wandb.mode": "disabled",
+        "outputs.best_n": 0,
         "name": f"pack-{k}-{n_trials}",
         "storage_path": str(storage),
     }

@@ -260,3 +260,37 @@ def reproduce_main(argv: Sequence[str] | None = None) -> int:
     print(f"rerun: {outcome['rerun']}")
     print("REPRODUCED bit for bit" if outcome["identical"] else "NOT REPRODUCED")
     return EXIT_OK if outcome["identical"] else EXIT_FAILED
+
+
+def embed_main(argv: Sequence[str] | None = None) -> int:
+    """``invae-embed``: every cell's z_i and z_s from a trained run, written to an .h5ad."""
+    from pathlib import Path
+
+    from trainables.data import DataError
+    from trainables.embed import embed_run
+    from trainables.files import ResultFileError
+
+    parser = argparse.ArgumentParser(prog="invae-embed", description=embed_main.__doc__)
+    parser.add_argument("run_dir", help="a folder holding run.json and model.pt")
+    parser.add_argument("--data", help="an .h5ad to embed (default: the run's own input data)")
+    parser.add_argument("--counts-layer", help="layer holding raw counts (default: the run's)")
+    parser.add_argument("--umap", action="store_true", help="also store a UMAP of z_i")
+    parser.add_argument("--out", required=True, help="the .h5ad to write")
+    args = parser.parse_args(argv)
+    overrides = {}
+    if args.data:
+        overrides["data_path"] = str(Path(args.data).expanduser().resolve())
+    if args.counts_layer:
+        overrides["counts_layer"] = args.counts_layer
+    extra = None
+    if args.umap:
+        from sweeper.outputs import UMAP_KEY, umap_coordinates
+
+        extra = lambda z: {UMAP_KEY: umap_coordinates(z)}  # noqa: E731
+    try:
+        path, embedded = embed_run(args.run_dir, args.out, overrides, extra)
+    except (ConfigError, DataError, ResultFileError) as err:
+        return _fail(parser.prog, err, EXIT_USAGE)
+    n_cells = len(embedded["obs"])
+    print(f"wrote {path}: {n_cells} cells, obsm {', '.join(embedded['obsm'])}")
+    return EXIT_OK

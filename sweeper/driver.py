@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sweeper.results import collect_results, write_spec_record
+from sweeper.results import SUMMARY_FILE, collect_results, write_spec_record
 from sweeper.spec import LoadedSweep, SweepError, expand_trials, param_space, searched_values
 from sweeper.storage import SweepFolder, is_uri
 from trainables.config import config_to_dict
@@ -136,7 +136,14 @@ def connect(options: DriverOptions, env: dict[str, str]) -> tuple[int, float, bo
         os.environ.update(env)  # local workers inherit it; remote ones get runtime_env
         runtime_env = {"env_vars": env}
         if address:
-            ray.init(address=address, runtime_env=runtime_env)
+            try:
+                ray.init(address=address, runtime_env=runtime_env)
+            except ConnectionError as err:
+                raise SweepError(
+                    f"cannot connect to the Ray cluster at {address} ({err}); if it uses token "
+                    "authentication, copy its ~/.ray/auth_token here and set RAY_AUTH_MODE=token "
+                    "(docs/cluster.md)"
+                ) from None
         else:
             ray.init(
                 address="local",  # never join a cluster that happens to run on this machine
@@ -222,10 +229,23 @@ def run_sweep(
         placement = (n_gpus, gpu, resources)
         tuner = _make_tuner(sweep, folder, placement, options.resume, list(extra_callbacks))
         grid = tuner.fit()
-        return collect_results(sweep, folder, grid)
+        summary = collect_results(sweep, folder, grid)
+        return publish_outputs(sweep, folder, summary)
     finally:
         if started:
             ray.shutdown()
+
+
+def publish_outputs(sweep: LoadedSweep, folder: SweepFolder, summary: dict) -> dict:
+    """Embed and picture the best trials, compare with PCA, write the report; update summary."""
+    from sweeper.outputs import write_outputs, write_sweep_report
+    from trainables.data import prepare_data
+
+    data = prepare_data(sweep.data) if folder.local is not None else None  # disk cache: cheap
+    summary = {**summary, "outputs": write_outputs(sweep, folder, summary, data)}
+    folder.write_json(SUMMARY_FILE, summary)
+    write_sweep_report(folder, summary)
+    return summary
 
 
 def _check_folder(folder: SweepFolder, resume: bool) -> None:
@@ -292,8 +312,10 @@ def _make_tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            metric=spec.metric,
-            mode=spec.mode,
+            # Only the scheduler ranks trials during the sweep; the best trial is picked from
+            # the results afterwards (integration scores exist only in a trial's last result).
+            metric=spec.metric if scheduler else None,
+            mode=spec.mode if scheduler else None,
             num_samples=spec.num_samples,
             search_alg=BasicVariantGenerator(
                 constant_grid_search=True, random_state=spec.searcher_seed

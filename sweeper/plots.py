@@ -116,3 +116,68 @@ def _spans_decades(series: list[list[float]]) -> bool:
 def _plain(text: str) -> str:
     """Text shown as is: a ``$`` would otherwise start matplotlib's mathtext."""
     return text.replace("$", r"\$")
+
+
+def metric_vs_params_png(trials: list[dict[str, Any]], metric: str) -> bytes:
+    """One panel per searched hyperparameter: the metric of each trial against its value."""
+    names = list(trials[0]["params"])
+    fig = Figure(figsize=(4.2 * len(names), 3.6))
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    seeds = sorted({t["seed"] for t in trials})
+    for ax, name in zip(axes, names, strict=True):
+        values = [t["params"][name] for t in trials]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        ticks = sorted({str(v) for v in values})
+        for k, seed in enumerate(seeds):
+            mine = [t for t in trials if t["seed"] == seed]
+            xs = [
+                t["params"][name] if numeric else ticks.index(str(t["params"][name])) for t in mine
+            ]
+            ax.scatter(
+                xs,
+                [t["metrics"].get(metric, np.nan) for t in mine],
+                s=18,
+                label=f"seed {seed}",
+                color=f"C{k % 10}",
+            )
+        if not numeric:
+            ax.set_xticks(range(len(ticks)), ticks, rotation=30, fontsize="small")
+        elif min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_xscale("log")
+        ax.set(xlabel=_plain(name), ylabel=metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def seed_spread_png(groups: list[dict[str, Any]], metric: str) -> bytes:
+    """Mean ± std of the metric over seeds for each hyperparameter point."""
+    fig = Figure(figsize=(max(5, 1.1 * len(groups)), 3.8))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    labels = [
+        ", ".join(f"{k}={v}" for k, v in g["params"].items()) or "(no search)" for g in groups
+    ]
+    ax.errorbar(
+        range(len(groups)),
+        [g["mean"] for g in groups],
+        yerr=[g["std"] for g in groups],
+        fmt="o",
+        capsize=4,
+    )
+    ax.set_xticks(
+        range(len(groups)), [_plain(x) for x in labels], rotation=30, ha="right", fontsize="x-small"
+    )
+    ax.set(ylabel=f"{metric} (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
+    fig.clear()
+    return buffer.getvalue()

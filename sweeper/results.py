@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import posixpath
 import statistics
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from sweeper.storage import SweepFolder
 from trainables.config import config_to_dict
 from trainables.constants import METRIC_KEYS, MODEL_FILE, RUN_FILE, TUNE_REPLICATE
 from trainables.files import ResultFileError, read_json
+from trainables.integration import INTEGRATION_KEYS
 
 SPEC_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"
@@ -113,7 +115,7 @@ def seed_groups(trials: list[dict[str, Any]], metric: str) -> list[dict[str, Any
     for members in groups.values():
         per_seed = {}
         for t in sorted(members, key=lambda t: t[TUNE_REPLICATE]):
-            per_seed.setdefault(t["seed"], t["metrics"][metric])
+            per_seed.setdefault(t["seed"], t["metrics"].get(metric, math.nan))
         values = list(per_seed.values())
         rows.append(
             {
@@ -131,6 +133,7 @@ def results_csv(trials: list[dict[str, Any]]) -> str:
     """One CSV row per trial: ids, searched values, status, final metrics, weights hash."""
     params = sorted({k for t in trials for k in t["params"]})
     header = ["trial_id", "status", "seed", TUNE_REPLICATE, *params, "epochs", *METRIC_KEYS[1:]]
+    header += list(INTEGRATION_KEYS)
     header += ["weights_sha256", "run_json"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=header, extrasaction="ignore")
@@ -160,7 +163,9 @@ def _trial_entry(sweep: LoadedSweep, folder: SweepFolder, result: Any) -> dict[s
         status = COMPLETED
     else:
         status = STOPPED
-    final = record["history"][-1] if record and record["history"] else metrics
+    final = metrics  # the last reported result; a completed run's own record wins
+    if record and record["history"]:
+        final = {**record["history"][-1], **(record.get("integration") or {})}
     return {
         "trial_id": metrics.get("trial_id") or trial_dir,
         "trial_dir": trial_dir,
@@ -170,7 +175,7 @@ def _trial_entry(sweep: LoadedSweep, folder: SweepFolder, result: Any) -> dict[s
         "params": searched_values(sweep, config),
         "epochs": int(final.get("epoch", 0)),
         "restored": metrics.get("iterations_since_restore") != metrics.get("training_iteration"),
-        "metrics": {k: final[k] for k in METRIC_KEYS if k in final},
+        "metrics": {k: final[k] for k in (*METRIC_KEYS, *INTEGRATION_KEYS) if k in final},
         "fingerprint": _digests(record),
         "environment": _environment(record),
         "run_json": run_json if record else None,
@@ -208,7 +213,11 @@ def _environment(record: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _best(trials: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    done = [t for t in trials if t["status"] == COMPLETED and metric in t["metrics"]]
+    done = [
+        t
+        for t in trials
+        if t["status"] == COMPLETED and not math.isnan(t["metrics"].get(metric, math.nan))
+    ]
     if not done:
         return None
     pick = min if mode == "min" else max

@@ -30,12 +30,15 @@ from trainables.config import (
     suggest,
 )
 from trainables.constants import DEFAULT_METRIC, DEFAULT_MODE, METRIC_KEYS
+from trainables.integration import INTEGRATION_KEYS
 
 
 class SweepError(RuntimeError):
     """The sweep cannot start, resume or be read as asked; the message says why and what to do."""
 
 
+# Per-epoch metrics, and integration scores of z_i computed after the last epoch.
+SWEEP_METRICS: tuple[str, ...] = (*METRIC_KEYS[1:], *INTEGRATION_KEYS)
 DATA_PREFIX = "data."  # search keys under this prefix address the data config
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -86,6 +89,18 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True)
+class OutputsSpec:
+    """What the sweep writes for its best trials after the trials are done."""
+
+    best_n: int = 1  # trials to embed (every cell) and picture; 0: none
+    umap: bool = True  # a UMAP of z_i per embedded trial (umap-learn; seconds to minutes)
+
+    def __post_init__(self):
+        if self.best_n < 0:
+            raise ConfigError("best_n", f"got {self.best_n!r}; allowed: an integer >= 0")
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     """One sweep: base configs, seeds, replicates, search space, resources and logging."""
 
@@ -109,6 +124,7 @@ class SweepSpec:
     searcher: Literal["random", "optuna"] = "random"
     searcher_seed: int = 0  # random_state of the searcher: same file, same trials
     wandb: WandbSpec = field(default_factory=WandbSpec)
+    outputs: OutputsSpec = field(default_factory=OutputsSpec)
 
     def __post_init__(self):
         checks = [
@@ -117,13 +133,19 @@ class SweepSpec:
             ("seeds", len(set(self.seeds)) == len(self.seeds), "distinct seeds"),
             ("replicates", self.replicates >= 1, "an integer >= 1"),
             ("num_samples", self.num_samples >= 1, "an integer >= 1"),
-            ("metric", self.metric in METRIC_KEYS, f"one of {', '.join(METRIC_KEYS)}"),
+            ("metric", self.metric in SWEEP_METRICS, f"one of {', '.join(SWEEP_METRICS)}"),
             ("max_failures", self.max_failures >= -1, "an integer >= -1 (-1: no limit)"),
             ("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0"),
         ]
         for key, ok, allowed in checks:
             if not ok:
                 raise ConfigError(key, f"got {getattr(self, key)!r}; allowed: {allowed}")
+        if self.metric in INTEGRATION_KEYS and self.mode != "max":
+            raise ConfigError("mode", f"{self.metric} is higher-is-better: set mode: max")
+        if self.metric in INTEGRATION_KEYS and self.scheduler is not None:
+            raise ConfigError(
+                "scheduler", f"{self.metric} is scored once, after the last epoch: no scheduler"
+            )
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ConfigError("max_concurrent_trials", "allowed: an integer >= 1, or null")
 

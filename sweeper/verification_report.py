@@ -6,17 +6,14 @@ files beside it, and as a self-contained HTML page. Both always agree.
 
 from __future__ import annotations
 
-import base64
-import html
 import math
-import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sweeper.analysis import DIVERGED, IDENTICAL, INCOMPLETE, NOT_COMPARABLE
-from sweeper.report import cell_text, format_table, params_text
+from sweeper.document import Image, Table, Text, render
+from sweeper.report import format_table, params_text
 from trainables.constants import TUNE_REPLICATE
 from trainables.files import atomic_write_bytes
 
@@ -25,13 +22,6 @@ SEVERITY = (DIVERGED, INCOMPLETE, NOT_COMPARABLE, IDENTICAL)
 REPORT_MD, REPORT_HTML = "verification.md", "verification.html"
 IMAGE_NAME = "verification_group_{}.png"
 MAX_TENSORS = 20  # differing tensors listed per comparison, largest max abs diff first
-CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}
-h2{border-top:2px solid #ddd;padding-top:.8em;margin-top:2em} .diverged,.fail{color:#b00020}
-.identical,.pass{color:#17692e} .not_comparable,.incomplete,.inconclusive{color:#8a5a00}
-p.pass,p.fail,p.inconclusive{font-weight:700} p.note{border-left:4px solid #e0a800;padding:0 .6em}
-table{border-collapse:collapse;margin:.4em 0 1em;font-size:.85em} th{background:#f3f3f3}
-th,td{border:1px solid #ccc;padding:.2em .6em;text-align:left} td.mark{background:#ffe08a}
-img{max-width:100%} figure{margin:0} figcaption{font-size:.85em;color:#555}"""
 
 
 def format_verdict(verification: dict[str, Any]) -> str:
@@ -89,112 +79,34 @@ def write_verification_report(
     for i, group in enumerate(verification["groups"]):
         png = replicate_curves_png(group, mark_epoch=_first_divergence_epoch(group))
         if png is not None:
-            images[i] = _Image(IMAGE_NAME.format(i), png, _caption(group))
+            images[i] = Image(IMAGE_NAME.format(i), png, _caption(group), "loss curves")
             atomic_write_bytes(folder / images[i].name, png)
     blocks = _document(verification, images)
-    title = html.escape(f"Replicate verification: {verification.get('sweep', '')}")
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{title}</title><style>{CSS}</style></head>\n<body>\n"
-        + "\n".join(b.html() for b in blocks)
-        + "\n</body></html>\n"
-    )
-    return (
-        atomic_write_bytes(
-            folder / REPORT_MD, ("\n\n".join(b.markdown() for b in blocks) + "\n").encode()
-        ),
-        atomic_write_bytes(folder / REPORT_HTML, page.encode()),
-    )
+    title = f"Replicate verification: {verification.get('sweep', '')}"
+    return render(blocks, title, folder / REPORT_MD, folder / REPORT_HTML)
 
 
-@dataclass(frozen=True)
-class _Text:
-    """A heading (``level`` 1-3) or a paragraph (level 0); ``css`` styles it (bold in markdown)."""
-
-    text: str
-    level: int = 0
-    css: str = ""
-
-    def markdown(self) -> str:
-        if self.level:
-            return f"{'#' * self.level} {_md(self.text)}"
-        return f"**{_md(self.text)}**" if self.css else _md(self.text)
-
-    def html(self) -> str:
-        tag = f"h{self.level}" if self.level else "p"
-        css = f' class="{html.escape(self.css)}"' if self.css else ""
-        return f"<{tag}{css}>{html.escape(self.text)}</{tag}>"
-
-
-@dataclass(frozen=True)
-class _Table:
-    """Rows of a table; ``marked`` holds the (row index, column) cells to highlight."""
-
-    rows: list[dict[str, Any]]
-    marked: frozenset[tuple[int, str]] = frozenset()
-
-    def markdown(self) -> str:
-        lines = [[_md(c) for c in self.rows[0]], ["---"] * len(self.rows[0])]
-        for i, row in enumerate(self.rows):
-            cells = {c: _md(cell_text(v)) for c, v in row.items()}
-            lines.append([f"**{v}**" if (i, c) in self.marked else v for c, v in cells.items()])
-        return "\n".join(f"| {' | '.join(line)} |" for line in lines)
-
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.rows[0])
-        body = "".join(
-            "<tr>"
-            + "".join(
-                ('<td class="mark">' if (i, c) in self.marked else "<td>")
-                + f"{html.escape(cell_text(v))}</td>"
-                for c, v in row.items()
-            )
-            + "</tr>\n"
-            for i, row in enumerate(self.rows)
-        )
-        return f"<table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>"
-
-
-@dataclass(frozen=True)
-class _Image:
-    """A PNG figure: a file beside the markdown, a data URI in the HTML."""
-
-    name: str
-    png: bytes
-    caption: str
-
-    def markdown(self) -> str:
-        return f"![loss curves]({self.name})\n\n*{_md(self.caption)}*"
-
-    def html(self) -> str:
-        data = base64.b64encode(self.png).decode("ascii")
-        return (
-            f'<figure><img alt="loss curves" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(self.caption)}</figcaption></figure>"
-        )
-
-
-def _document(verification: dict[str, Any], images: dict[int, _Image]) -> list[Any]:
+def _document(verification: dict[str, Any], images: dict[int, Image]) -> list[Any]:
     groups = _by_severity(verification["groups"])
     verdict = verdict_line(verification)
     blocks: list[Any] = [
-        _Text("Replicate verification", 1),
-        _Text(
+        Text("Replicate verification", 1),
+        Text(
             f"Sweep {verification.get('sweep')}, checked {verification.get('checked_at')}: "
             f"{_groups(len(groups))} of trials that differ only in their replicate index."
         ),
-        _Text(verdict, css=verdict.split(":")[0].lower()),
+        Text(verdict, css=verdict.split(":")[0].lower()),
     ]
     if groups:
         rows = [_overview_row(i, g) for i, g in groups]
         diverged = {(k, "status") for k, r in enumerate(rows) if r["status"] == DIVERGED}
-        blocks.append(_Table(rows, frozenset(diverged)))
+        blocks.append(Table(rows, frozenset(diverged)))
     for i, group in groups:
         blocks += _group_blocks(i, group, images.get(i))
     return blocks
 
 
-def _group_blocks(index: int, group: dict[str, Any], image: _Image | None) -> list[Any]:
+def _group_blocks(index: int, group: dict[str, Any], image: Image | None) -> list[Any]:
     status, histories = group["status"], group["histories"]
     mode = {True: "on", False: "off"}.get(group["deterministic"], "unknown")
     missing = [f"{m['trial_id']} ({m['status']})" for m in group["members"]]
@@ -205,13 +117,13 @@ def _group_blocks(index: int, group: dict[str, Any], image: _Image | None) -> li
         [f"Note: {group['note']}."] if group.get("note") else []
     )
     blocks: list[Any] = [
-        _Text(f"Group {index}: {status.replace('_', ' ')}", 2, css=status),
-        _Text(
+        Text(f"Group {index}: {status.replace('_', ' ')}", 2, css=status),
+        Text(
             f"Seed {group['seed']}, {params_text(group['params'])}; {len(histories)} of "
             f"{len(group['members'])} members completed; deterministic mode {mode}."
         ),
         *([image] if image else []),
-        *(_Text(note, css="note") for note in notes),
+        *(Text(note, css="note") for note in notes),
     ]
     for comparison in group["comparisons"]:
         if not comparison["identical"]:
@@ -222,8 +134,8 @@ def _group_blocks(index: int, group: dict[str, Any], image: _Image | None) -> li
 def _comparison_blocks(comparison: dict[str, Any]) -> list[Any]:
     same = ", ".join(f"{k} {'same' if v else 'DIFFER'}" for k, v in comparison["same"].items())
     blocks: list[Any] = [
-        _Text(f"{comparison['trial']} vs reference {comparison['reference']}", 3),
-        _Text(f"Fingerprints: {same}."),
+        Text(f"{comparison['trial']} vs reference {comparison['reference']}", 3),
+        Text(f"Fingerprints: {same}."),
     ]
     reasons, env = comparison["not_comparable_because"], comparison["environment_diff"]
     if reasons:
@@ -232,7 +144,7 @@ def _comparison_blocks(comparison: dict[str, Any]) -> list[Any]:
             for r in reasons
         )
         blocks.append(
-            _Text(
+            Text(
                 f"Not comparable bit for bit: {why}. The figures below are tolerances "
                 "(how far the runs drifted apart), not a failure.",
                 css="note",
@@ -241,20 +153,18 @@ def _comparison_blocks(comparison: dict[str, Any]) -> list[Any]:
     blocks += _divergence_blocks(comparison.get("first_divergence"))
     if reasons and comparison.get("metric_drift"):
         drift = sorted(comparison["metric_drift"].items(), key=lambda kv: -kv[1])
-        blocks.append(_Text("Largest relative difference of each metric over all epochs:"))
-        blocks.append(_Table([{"metric": k, "max rel diff": _sci(v)} for k, v in drift]))
+        blocks.append(Text("Largest relative difference of each metric over all epochs:"))
+        blocks.append(Table([{"metric": k, "max rel diff": _sci(v)} for k, v in drift]))
     return blocks + _tensor_blocks(comparison.get("differing_tensors") or [])
 
 
 def _divergence_blocks(first: dict[str, Any] | None) -> list[Any]:
     if first is None:
-        return [_Text("Every epoch's metrics have the same bits.")]
-    blocks: list[Any] = [_Text(f"First divergence at epoch {first['epoch']}:")]
+        return [Text("Every epoch's metrics have the same bits.")]
+    blocks: list[Any] = [Text(f"First divergence at epoch {first['epoch']}:")]
     if "lengths" in first:
         blocks.append(
-            _Text(
-                "The histories have different lengths: {} vs {} epochs.".format(*first["lengths"])
-            )
+            Text("The histories have different lengths: {} vs {} epochs.".format(*first["lengths"]))
         )
     rows = [
         {
@@ -267,7 +177,7 @@ def _divergence_blocks(first: dict[str, Any] | None) -> list[Any]:
         }
         for name, m in first["metrics"].items()
     ]
-    return blocks + ([_Table(rows)] if rows else [])
+    return blocks + ([Table(rows)] if rows else [])
 
 
 def _tensor_blocks(tensors: list[dict[str, Any]]) -> list[Any]:
@@ -284,9 +194,9 @@ def _tensor_blocks(tensors: list[dict[str, Any]]) -> list[Any]:
         }
         for t in top
     ]
-    more = [_Text(f"... and {len(tensors) - len(top)} more.")] if len(tensors) > len(top) else []
+    more = [Text(f"... and {len(tensors) - len(top)} more.")] if len(tensors) > len(top) else []
     count = f"{len(tensors)} differing tensor{'s' if len(tensors) > 1 else ''}"
-    return [_Text(f"{count}, largest max abs diff first:"), _Table(rows), *more]
+    return [Text(f"{count}, largest max abs diff first:"), Table(rows), *more]
 
 
 def _environment_blocks(group: dict[str, Any]) -> list[Any]:
@@ -305,8 +215,8 @@ def _environment_blocks(group: dict[str, Any]) -> list[Any]:
         for t in (c["reference"], c["trial"])
         if t in row
     )
-    note = [_Text("Highlighted: fields that differ between compared members.")] if marked else []
-    return [_Text("Environment", 3), _Table(rows, marked), *note]
+    note = [Text("Highlighted: fields that differ between compared members.")] if marked else []
+    return [Text("Environment", 3), Table(rows, marked), *note]
 
 
 def _caption(group: dict[str, Any]) -> str:
@@ -381,10 +291,3 @@ def _sci(value: float) -> str:
 
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _md(text: Any) -> str:
-    """Escape for markdown: HTML-escaped (renderers pass raw HTML through), markup-escaped."""
-    text = html.escape(" ".join(str(text).split()), quote=False)
-    text = re.sub(r"([\\`*\[\]|])", r"\\\1", text)
-    return re.sub(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])", r"\\_", text)

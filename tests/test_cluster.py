@@ -45,9 +45,8 @@ def cluster(tmp_path_factory):
 
 
 def smoke(tmp_path, name, **overrides):
-    return apply_options(
-        load_sweep(SMOKE, overrides), DriverOptions(name=name, storage=str(tmp_path))
-    )
+    sweep = load_sweep(SMOKE, {"outputs.best_n": 0, **overrides})
+    return apply_options(sweep, DriverOptions(name=name, storage=str(tmp_path)))
 
 
 def records(folder, summary):
@@ -69,7 +68,7 @@ def test_sweep_through_address_runs_on_several_nodes(cluster, tmp_path):
 def test_audit_places_replicates_on_different_nodes_and_they_agree(cluster, tmp_path):
     head, _ = cluster
     sweep = apply_options(
-        audit_sweep(load_sweep(SMOKE), seed=3, repeats=3),
+        audit_sweep(load_sweep(SMOKE, {"outputs.best_n": 0}), seed=3, repeats=3),
         DriverOptions(name="audit", storage=str(tmp_path)),
     )
     verification, _ = run_audit(sweep, DriverOptions(gpus=0, address=head.address))

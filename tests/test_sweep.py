@@ -18,8 +18,12 @@ SMOKE = Path(__file__).parents[1] / "configs" / "smoke.yaml"
 
 
 def smoke_sweep(tmp_path, name, **overrides):
-    sweep = load_sweep(SMOKE, overrides)
+    sweep = load_sweep(SMOKE, {"outputs.best_n": 0, **overrides})
     return apply_options(sweep, DriverOptions(name=name, storage=str(tmp_path)))
+
+
+def by_trial_metrics(summary):
+    return {t["trial_id"]: t["metrics"] for t in summary["trials"]}
 
 
 def run_records(folder, summary):
@@ -29,7 +33,7 @@ def run_records(folder, summary):
 
 
 def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
-    sweep = smoke_sweep(tmp_path, "smoke")
+    sweep = smoke_sweep(tmp_path, "smoke", **{"outputs.best_n": 1})
     summary = run_sweep(sweep, DriverOptions(gpus=0))
     folder = tmp_path / "smoke"
 
@@ -53,6 +57,13 @@ def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
     assert (folder / "best" / "run.json").exists() and (folder / "best" / "model.pt").exists()
     best = json.loads((folder / "best" / "run.json").read_text())
     assert best["trial"]["trial_id"] == summary["best_trial"]
+    # what a biologist takes away: every cell embedded, a UMAP, integration against PCA
+    (output,) = summary["outputs"]["best"]
+    assert output["trial_id"] == summary["best_trial"]
+    assert (folder / output["embedding"]).exists() and (folder / output["umap_png"]).exists()
+    assert "integration_score" in summary["outputs"]["baseline_pca"]
+    assert "integration_score" in by_trial_metrics(summary)[summary["best_trial"]]
+    assert "PCA of log-normalised counts" in (folder / "report.md").read_text()
 
 
 def test_every_trial_has_an_offline_wandb_run_with_provenance(ray_session, tmp_path):

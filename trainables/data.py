@@ -321,3 +321,76 @@ def _split(
         np.arange(n_cells), test_size=n_val, random_state=random_state, stratify=strata
     )
     return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
+
+
+# --- embedding: a trained run's genes and categories applied to any compatible dataset -------
+
+
+def embedding_inputs(
+    adata: ad.AnnData, cfg: DataConfig, genes: list[str], categories: dict[str, dict]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts of a run's genes and one-hot covariates in the run's category order, all cells.
+
+    Args:
+        adata: The dataset to embed.
+        cfg: Which layer holds the counts (``counts_layer``).
+        genes: The run's genes, in model column order.
+        categories: The run's ``{"bio": {key: names}, "tech": {key: names}}``.
+
+    Returns:
+        ``counts (n_cells, n_genes)``, ``bio (n_cells, n_bio)``, ``tech (n_cells, n_tech)``.
+
+    Raises:
+        DataError: Genes, obs keys or layers missing, or covariate values the run never saw.
+    """
+    where = cfg.data_path
+    counts = _raw_counts(adata, cfg.counts_layer, where)
+    position = {str(g): i for i, g in enumerate(adata.var_names)}
+    missing = [g for g in genes if g not in position]
+    if missing:
+        raise DataError(
+            f"{where}: {len(missing)} of the model's {len(genes)} genes are missing "
+            f"(e.g. {missing[:3]}); embed data measured on the same genes"
+        )
+    counts = counts[:, [position[g] for g in genes]].toarray().astype(np.float32)
+    blocks = []
+    for section in ("bio", "tech"):
+        keys = tuple(categories[section])
+        _check_obs(adata.obs, keys, where)
+        onehots = [_onehot(adata.obs[k], categories[section][k], k) for k in keys]
+        empty = np.zeros((adata.n_obs, 0), dtype=np.float32)
+        blocks.append(np.concatenate([empty, *onehots], axis=1))
+    return counts, blocks[0], blocks[1]
+
+
+def write_embedding(
+    adata: ad.AnnData, latents: dict[str, np.ndarray], path: str | Path, meta: dict[str, Any]
+) -> Path:
+    """Write the cells' obs and latent representations (``obsm``) to an .h5ad, atomically.
+
+    The counts are not copied: join with the source data on ``obs_names``.
+    """
+    path = Path(path)
+    out = ad.AnnData(obs=adata.obs.copy(), obsm=dict(latents))
+    out.uns["invae"] = meta
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".h5ad")
+    os.close(fd)
+    try:
+        out.write_h5ad(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _onehot(column: pd.Series, names: list[str], key: str) -> np.ndarray:
+    values = column.astype(str).to_numpy()
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(values) - set(index))
+    if unknown:
+        raise DataError(
+            f"obs[{key!r}] has values the model was not trained on: {unknown[:5]} "
+            f"(known: {names[:10]})"
+        )
+    return np.eye(len(names), dtype=np.float32)[[index[v] for v in values]]

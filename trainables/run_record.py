@@ -43,6 +43,7 @@ def run_record(
         "model": result.model_info,
         "history": result.history,
         "fingerprint": result.fingerprint,
+        "integration": result.integration,
         "timing": result.timing,
         **(extra or {}),
     }

@@ -19,6 +19,7 @@ from torch import Tensor
 from trainables.config import DataConfig, TrainConfig
 from trainables.data import prepare_data
 from trainables.fingerprint import fingerprint
+from trainables.latent import embedding_integration, latent_means
 from trainables.model import InVAE, LossTerms
 from trainables.optim import build_optimizers, model_summary
 from trainables.prepared import PreparedData, Split
@@ -50,6 +51,7 @@ class RunResult:
     model_state: dict[str, Tensor]  # on the CPU
     optimizer_states: list[dict[str, Any]]  # on the CPU, [Muon, AdamW]
     timing: dict[str, float]
+    integration: dict[str, float]  # of z_i on the validation cells, after the last epoch
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class DeviceSplit:
     @classmethod
     def from_split(cls, split: Split, device: torch.device) -> DeviceSplit:
         """Copy a host split to ``device`` once."""
-        return cls(*(torch.as_tensor(a).to(device) for a in (split.counts, split.bio, split.tech)))
+        # A copy: arrays shipped through Ray's object store are read-only.
+        return cls(*(torch.tensor(a, device=device) for a in (split.counts, split.bio, split.tech)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,7 +119,7 @@ def train(
     if resume is not None:
         epoch, step, history = restore_state(resume, model, optimizers, generator)
 
-    epoch_seconds = []
+    epoch_seconds, integration = [], {}
     while epoch < train_cfg.n_epochs:
         tick = time.perf_counter()
         train_row, step = train_epoch(step_fn, prepared.train.n_cells, generator, train_cfg, step)
@@ -125,6 +128,12 @@ def train(
         check_finite(row)
         history.append(row)
         epoch += 1
+        if epoch == train_cfg.n_epochs:  # the final result also carries integration quality
+            z_i, _ = latent_means(model, val_set.counts, val_set.bio, val_set.tech)
+            integration = embedding_integration(
+                z_i, prepared.val.bio_codes, prepared.val.tech_codes
+            )
+            row = {**row, **integration}
         if report is not None and checkpoint_every and epoch % checkpoint_every == 0:
             report(row, training_state(epoch, step, model, optimizers, generator, history))
         elif report is not None:
@@ -135,6 +144,7 @@ def train(
     return RunResult(
         train_config=train_cfg,
         data=prepared.summary(),
+        integration=integration,
         seeding=seeding,
         environment=get_environment_info(),
         model_info={**model_summary(model, optimizers), "device": str(device)},

@@ -1,0 +1,220 @@
+"""What a biologist takes from a sweep: embeddings, UMAPs, integration against PCA, a report.
+
+After the trials, for the best ``outputs.best_n`` trials: every cell's ``z_i`` and ``z_s`` in
+``<trial>/embedding.h5ad`` (with a UMAP of ``z_i``), a UMAP picture coloured by cell type and by
+batch, and loss curves. For the sweep: integration scores of the trials against PCA of the
+log-normalised counts on the same validation cells, metric-against-hyperparameter plots, the
+seed spread, all in ``report.html`` / ``report.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from sweeper.document import Image, Table, Text, render
+from sweeper.plots import loss_curves_png
+from sweeper.report import params_text
+from sweeper.results import COMPLETED
+from sweeper.storage import SweepFolder
+from trainables.integration import INTEGRATION_KEYS
+from trainables.latent import embedding_integration
+from trainables.prepared import PreparedData
+
+REPORT_MD, REPORT_HTML = "report.md", "report.html"
+UMAP_KEY = "X_umap_invae"
+
+
+def pca_baseline(data: PreparedData, n_components: int = 30) -> dict[str, float]:
+    """Integration scores of PCA on the validation cells' log-normalised counts.
+
+    Counts are scaled to 1e4 per cell and log1p-transformed: the yardstick for ``z_i``.
+    """
+    from sklearn.decomposition import PCA
+
+    counts = data.val.counts
+    logged = np.log1p(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) * 1e4)
+    n = min(n_components, *logged.shape)
+    pcs = PCA(n_components=n, random_state=0).fit_transform(logged)
+    return embedding_integration(pcs, data.val.bio_codes, data.val.tech_codes)
+
+
+def umap_coordinates(z: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 2-D UMAP of an embedding (umap-learn; fixed seed, so single-threaded and repeatable)."""
+    import umap
+
+    return umap.UMAP(n_neighbors=15, min_dist=0.3, random_state=seed).fit_transform(z)
+
+
+def umap_png(coords: np.ndarray, obs: Any, keys: tuple[str, str], title: str) -> bytes:
+    """Two panels of the same UMAP, coloured by ``keys[0]`` (cell type) and ``keys[1]`` (batch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 5))
+    FigureCanvasAgg(fig)
+    fig.suptitle(title)
+    for ax, key in zip(fig.subplots(1, 2), keys, strict=True):
+        labels = obs[key].astype(str).to_numpy()
+        names = sorted(set(labels))
+        for i, name in enumerate(names):
+            mask = labels == name
+            colour = _colour(i, len(names))
+            ax.scatter(*coords[mask].T, s=2, color=colour, label=name, rasterized=True)
+        ax.set(title=f"z_i coloured by {key}", xticks=[], yticks=[])
+        ax.legend(markerscale=4, fontsize="x-small", loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.subplots_adjust(left=0.02, right=0.85, wspace=0.45)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
+    fig.clear()
+    return buffer.getvalue()
+
+
+def write_outputs(
+    sweep: Any, folder: SweepFolder, summary: dict[str, Any], data: PreparedData | None
+) -> dict[str, Any]:
+    """Embed, picture and report the best trials; return what was written (for the summary).
+
+    Only for sweep folders on a local or shared filesystem: with cloud storage, download a
+    trial and use ``invae-embed``.
+    """
+    from trainables.embed import embed_run
+
+    outputs: dict[str, Any] = {"best": [], "baseline_pca": None}
+    spec = sweep.spec.outputs
+    if folder.local is None or spec.best_n == 0:
+        return outputs
+    if data is not None:
+        outputs["baseline_pca"] = pca_baseline(data)
+    keys = sweep.data.bio_keys[:1] + sweep.data.tech_keys[:1]
+    for trial in best_trials(summary, spec.best_n):
+        trial_dir = folder.local / trial["run_json"].rsplit("/", 1)[0]
+        extra = (lambda z: {UMAP_KEY: umap_coordinates(z)}) if spec.umap else None
+        path, embedded = embed_run(trial_dir, trial_dir / "embedding.h5ad", extra_obsm=extra)
+        entry = {"trial_id": trial["trial_id"], "embedding": str(path.relative_to(folder.local))}
+        history = folder.read_json(trial["run_json"])["history"]
+        curve = {k: [row[k] for row in history] for k in ("epoch", "train_loss", "val_loss")}
+        png = loss_curves_png([(f"trial {trial['trial_id']}", curve)], title="loss curves")
+        entry["loss_png"] = _save(folder, trial_dir.name, "loss.png", png)
+        if spec.umap and len(keys) == 2:
+            coords = embedded["obsm"][UMAP_KEY]
+            png = umap_png(coords, embedded["obs"], keys, f"trial {trial['trial_id']}")
+            entry["umap_png"] = _save(folder, trial_dir.name, "umap.png", png)
+        outputs["best"].append(entry)
+    return outputs
+
+
+def best_trials(summary: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The ``n`` best completed trials by the sweep's metric and mode."""
+    metric, mode = summary["metric"], summary["mode"]
+    done = [
+        t
+        for t in summary["trials"]
+        if t["status"] == COMPLETED and not math.isnan(t["metrics"].get(metric, math.nan))
+    ]
+    done.sort(key=lambda t: t["metrics"][metric], reverse=mode == "max")
+    return done[:n]
+
+
+def write_sweep_report(folder: SweepFolder, summary: dict[str, Any]) -> tuple[str, str] | None:
+    """``report.md`` and ``report.html``: results, integration against PCA, plots."""
+    if folder.local is None:
+        return None
+    blocks: list[Any] = [Text(f"Sweep {summary['name']}", 1), *_overview(summary)]
+    blocks += _integration_blocks(summary)
+    for name, png, caption in _sweep_figures(summary):
+        folder.write_bytes(name, png)
+        blocks.append(Image(name, png, caption, caption))
+    for entry in summary.get("outputs", {}).get("best", []):
+        trial = next(t for t in summary["trials"] if t["trial_id"] == entry["trial_id"])
+        blocks.append(Text(f"Trial {trial['trial_id']}: {params_text(trial['params'])}", 2))
+        blocks.append(Text(f"Embedding of every cell: {entry['embedding']}"))
+        for key, caption in (
+            ("umap_png", "UMAP of z_i by cell type and by batch"),
+            ("loss_png", "Training and validation loss"),
+        ):
+            if key in entry:
+                png = folder.read_bytes(entry[key])
+                blocks.append(Image(entry[key], png, caption, caption))
+    title = f"Sweep {summary['name']}"
+    md, html = render(blocks, title, folder.local / REPORT_MD, folder.local / REPORT_HTML)
+    return str(md), str(html)
+
+
+def _save(folder: SweepFolder, trial_dir: str, name: str, png: bytes) -> str:
+    """Write a trial's PNG; return its path relative to the sweep folder."""
+    folder.write_bytes(f"{trial_dir}/{name}", png)
+    return f"{trial_dir}/{name}"
+
+
+def _overview(summary: dict[str, Any]) -> list[Any]:
+    metric = summary["metric"]
+    rows = [
+        {
+            "params": params_text(g["params"]),
+            "seeds": len(g["seeds"]),
+            "trials": g["n_trials"],
+            f"{metric} mean": g["mean"],
+            "std over seeds": g["std"],
+        }
+        for g in summary["groups"]
+    ]
+    blocks = [
+        Text(
+            f"{summary['n_completed']} of {summary['n_trials']} trials completed, "
+            f"{summary['n_errored']} errored; best trial {summary['best_trial']} by {metric}."
+        )
+    ]
+    return blocks + ([Table(rows)] if rows else [])
+
+
+def _integration_blocks(summary: dict[str, Any]) -> list[Any]:
+    rows = []
+    baseline = summary.get("outputs", {}).get("baseline_pca")
+    if baseline:
+        rows.append({"embedding": "PCA of log-normalised counts", **_scores(baseline)})
+    for entry in summary.get("outputs", {}).get("best", []):
+        trial = next(t for t in summary["trials"] if t["trial_id"] == entry["trial_id"])
+        rows.append(
+            {"embedding": f"inVAE z_i, trial {trial['trial_id']}", **_scores(trial["metrics"])}
+        )
+    if not rows:
+        return []
+    return [Text("Integration on the validation cells (higher is better)", 2), Table(rows)]
+
+
+def _scores(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: metrics.get(k, math.nan) for k in INTEGRATION_KEYS}
+
+
+def _sweep_figures(summary: dict[str, Any]) -> list[tuple[str, bytes, str]]:
+    from sweeper.plots import metric_vs_params_png, seed_spread_png
+
+    figures = []
+    done = [t for t in summary["trials"] if t["status"] == COMPLETED]
+    if done and done[0]["params"]:
+        figures.append(
+            (
+                "metric_vs_params.png",
+                metric_vs_params_png(done, summary["metric"]),
+                f"{summary['metric']} against each searched hyperparameter, by seed",
+            )
+        )
+    if summary["groups"]:
+        figures.append(
+            (
+                "seed_spread.png",
+                seed_spread_png(summary["groups"], summary["metric"]),
+                f"{summary['metric']}: mean ± std over seeds per hyperparameter point",
+            )
+        )
+    return figures
+
+
+def _colour(i: int, n: int) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["tab20" if n > 10 else "tab10"](i % 20)
