@@ -245,6 +245,15 @@ def publish_outputs(sweep: LoadedSweep, folder: SweepFolder, summary: dict) -> d
     summary = {**summary, "outputs": write_outputs(sweep, folder, summary, data)}
     folder.write_json(SUMMARY_FILE, summary)
     write_sweep_report(folder, summary)
+    if folder.local is not None and sweep.spec.wandb.mode != "disabled":
+        from sweeper.tracking import log_report
+
+        images = {p.stem: p for p in sorted(folder.local.glob("*.png"))}
+        for entry in summary["outputs"]["best"]:
+            for key in ("umap_png", "loss_png"):
+                if key in entry:
+                    images[f"{entry['trial_id']}/{key[:-4]}"] = folder.local / entry[key]
+        log_report(sweep, folder.local, summary, images)
     return summary
 
 

@@ -46,7 +46,7 @@ def umap_coordinates(z: np.ndarray, seed: int = 0) -> np.ndarray:
     """A 2-D UMAP of an embedding (umap-learn; fixed seed, so single-threaded and repeatable)."""
     import umap
 
-    return umap.UMAP(n_neighbors=15, min_dist=0.3, random_state=seed).fit_transform(z)
+    return umap.UMAP(n_neighbors=15, min_dist=0.3, random_state=seed, n_jobs=1).fit_transform(z)
 
 
 def umap_png(coords: np.ndarray, obs: Any, keys: tuple[str, str], title: str) -> bytes:

@@ -41,3 +41,33 @@ def wandb_callback(sweep: LoadedSweep, folder: Path) -> ProvenanceWandbCallback:
         resume="allow",
         upload_checkpoints=False,
     )
+
+
+def log_report(sweep: LoadedSweep, folder: Path, summary: dict, images: dict[str, Path]) -> None:
+    """Log the sweep's pictures and the best trials' integration scores as one W&B run.
+
+    The run joins the sweep's group (``job_type="report"``), offline unless online is asked
+    for, and writes beside the trials' runs.
+    """
+    import os
+
+    import wandb
+
+    spec = sweep.spec.wandb
+    if spec.mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"
+    run = wandb.init(
+        project=spec.project,
+        group=spec.group or sweep.spec.name,
+        job_type="report",
+        name=f"{sweep.spec.name}-report",
+        tags=list(spec.tags),
+        mode=spec.mode,
+        dir=str(folder),
+        config={"best_trial": summary["best_trial"], "metric": summary["metric"]},
+        reinit="create_new",
+    )
+    run.log({name: wandb.Image(str(path)) for name, path in images.items()})
+    baseline = summary.get("outputs", {}).get("baseline_pca") or {}
+    run.summary.update({f"baseline_pca/{k}": v for k, v in baseline.items()})
+    run.finish()

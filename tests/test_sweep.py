@@ -68,9 +68,10 @@ def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
 
 def test_every_trial_has_an_offline_wandb_run_with_provenance(ray_session, tmp_path):
     summary = run_sweep(smoke_sweep(tmp_path, "wb", replicates=1), DriverOptions(gpus=0))
-    runs = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == summary["n_trials"] == 2
-    for run in runs:
+    runs = {p.name.rsplit("-", 1)[-1]: p for p in (tmp_path / "wb" / "wandb").glob("offline-run-*")}
+    trial_ids = [t["trial_id"] for t in summary["trials"]]
+    assert len(runs) == len(trial_ids) + 1  # one run per trial, plus the sweep's report run
+    for run in (runs[trial_id] for trial_id in trial_ids):
         log = next(run.glob("run-*.wandb")).read_bytes().decode("utf-8", "replace")
         for key in ("git/commit", "system/torch_version", "packages/torch", "node/hostname"):
             assert key in log
