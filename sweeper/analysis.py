@@ -23,7 +23,7 @@ import numpy as np
 from sweeper.results import COMPLETED, load_summary
 from trainables.constants import METRIC_KEYS, TUNE_REPLICATE
 from trainables.files import read_json
-from trainables.run_record import load_model_file
+from trainables.run_record import load_model_file, run_environment
 
 IDENTICAL, DIVERGED, NOT_COMPARABLE, INCOMPLETE = (
     "identical",
@@ -119,7 +119,7 @@ def compare_runs(folder: Path, ref: dict[str, Any], other: dict[str, Any]) -> di
     a, b = ref["record"], other["record"]
     fa, fb = a["fingerprint"], b["fingerprint"]
     same = {k: fa[k] == fb[k] for k in ("weights", "optimizer", "metrics")}
-    env_a, env_b = environment(a), environment(b)
+    env_a, env_b = run_environment(a), run_environment(b)
     env_diff = {k: [env_a.get(k), env_b.get(k)] for k in SHOWN if env_a.get(k) != env_b.get(k)}
     reasons = [k for k in DECISIVE if k in env_diff]
     if not (a["seeding"]["deterministic"] and b["seeding"]["deterministic"]):
@@ -213,25 +213,6 @@ def tensor_differences(run_a: Path, run_b: Path, names: list[str]) -> list[dict[
     return sorted(rows, key=lambda r: -r["max_abs_diff"])
 
 
-def environment(record: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a run's environment that bear on bit equality."""
-    system = record["environment"]["system"]
-    node = record.get("trial", {}).get("node") or {}
-    return {
-        "hostname": system.get("hostname"),
-        "node_id": node.get("node_id"),
-        "device": str(record["model"].get("device", "")).split(":")[0],
-        "gpu": (system.get("gpu_names") or [None])[0],
-        "cuda": system.get("cuda_version"),
-        "cudnn": system.get("cudnn_version"),
-        "torch": system.get("torch_version"),
-        "cpu_threads": record["seeding"].get("cpu_threads"),
-        "deterministic": record["seeding"].get("deterministic"),
-        "cpu": system.get("processor"),
-        "numpy": record["environment"]["packages"].get("numpy"),
-    }
-
-
 def ulp_distance(x: float, y: float) -> int | None:
     """Units in the last place between two doubles (None when either is not finite)."""
     if not (math.isfinite(x) and math.isfinite(y)):
@@ -256,7 +237,7 @@ def _member(trial: dict[str, Any]) -> dict[str, Any]:
         "status": trial["status"],
         "run_json": trial["run_json"],
         "fingerprint": trial["fingerprint"],
-        "environment": environment(record) if record else None,
+        "environment": run_environment(record) if record else None,
     }
 
 

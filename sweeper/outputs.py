@@ -17,7 +17,7 @@ import numpy as np
 
 from sweeper.document import Image, Table, Text, render
 from sweeper.plots import loss_curves_png
-from sweeper.report import params_text
+from sweeper.report import group_rows, params_text
 from sweeper.results import COMPLETED
 from sweeper.storage import SweepFolder
 from trainables.integration import INTEGRATION_KEYS
@@ -152,16 +152,7 @@ def _save(folder: SweepFolder, trial_dir: str, name: str, png: bytes) -> str:
 
 def _overview(summary: dict[str, Any]) -> list[Any]:
     metric = summary["metric"]
-    rows = [
-        {
-            "params": params_text(g["params"]),
-            "seeds": len(g["seeds"]),
-            "trials": g["n_trials"],
-            f"{metric} mean": g["mean"],
-            "std over seeds": g["std"],
-        }
-        for g in summary["groups"]
-    ]
+    rows = group_rows(summary)
     blocks = [
         Text(
             f"{summary['n_completed']} of {summary['n_trials']} trials completed, "

@@ -30,22 +30,28 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"best trial {best['trial_id']} (seed {best['seed']}, replicate {best['replicate']}, "
             f"{params_text(best['params'])}): {metric} = {best['metrics'][metric]:.6g}"
         )
-    groups = [
-        {
-            "params": params_text(g["params"]),
-            "seeds": len(g["seeds"]),
-            "trials": g["n_trials"],
-            f"{metric} mean": g["mean"],
-            "± std": g["std"],
-        }
-        for g in summary["groups"]
-    ]
+    groups = group_rows(summary)
     if groups:
         lines += ["", format_table(groups)]
     errored = [t for t in summary["trials"] if t["status"] == "errored"]
     for t in errored:
         lines.append(f"errored: {t['trial_id']}: {t['error']}")
     return "\n".join(lines)
+
+
+def group_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table row per hyperparameter point: seeds, trials, the metric's mean and std."""
+    metric = summary["metric"]
+    return [
+        {
+            "params": params_text(g["params"]),
+            "seeds": len(g["seeds"]),
+            "trials": g["n_trials"],
+            f"{metric} mean": g["mean"],
+            "std over seeds": g["std"],
+        }
+        for g in summary["groups"]
+    ]
 
 
 def params_text(params: dict[str, Any]) -> str:

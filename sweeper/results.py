@@ -23,6 +23,7 @@ from trainables.config import config_to_dict
 from trainables.constants import METRIC_KEYS, MODEL_FILE, RUN_FILE, TUNE_REPLICATE
 from trainables.files import ResultFileError, read_json
 from trainables.integration import INTEGRATION_KEYS
+from trainables.run_record import run_environment
 
 SPEC_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"
@@ -177,7 +178,7 @@ def _trial_entry(sweep: LoadedSweep, folder: SweepFolder, result: Any) -> dict[s
         "restored": metrics.get("iterations_since_restore") != metrics.get("training_iteration"),
         "metrics": {k: final[k] for k in (*METRIC_KEYS, *INTEGRATION_KEYS) if k in final},
         "fingerprint": _digests(record),
-        "environment": _environment(record),
+        "environment": run_environment(record) if record else None,
         "run_json": run_json if record else None,
         "error": None if result.error is None else error_reason(result.error),
     }
@@ -193,23 +194,6 @@ def _digests(record: dict[str, Any] | None) -> dict[str, str] | None:
     if record is None:
         return None
     return {k: v for k, v in record["fingerprint"].items() if k != "parameters"}
-
-
-def _environment(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    if record is None:
-        return None
-    system = record["environment"]["system"]
-    return {
-        "hostname": system.get("hostname"),
-        "node": record.get("trial", {}).get("node"),
-        "device": record["model"].get("device"),
-        "gpu": (system.get("gpu_names") or [None])[0],
-        "cuda": system.get("cuda_version"),
-        "cudnn": system.get("cudnn_version"),
-        "torch": system.get("torch_version"),
-        "cpu_threads": record["seeding"].get("cpu_threads"),
-        "deterministic": record["seeding"].get("deterministic"),
-    }
 
 
 def _best(trials: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:

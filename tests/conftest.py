@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny simulated dataset, prepared once per session, and small configs."""
 
+import os
+
 import pytest
 
 from trainables.config import DataConfig, ModelConfig, SimulationConfig, TrainConfig
@@ -36,12 +38,8 @@ def tiny_train_config():
 
 
 @pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    """One Ray instance per test module: 2 CPUs and 4 fake GPUs (trials then run on the CPU)."""
-    import os
-
-    import ray
-
+def ray_env(tmp_path_factory):
+    """The environment Ray workers started from this process inherit: offline W&B, a cache."""
     env = {
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
@@ -49,12 +47,22 @@ def ray_session(tmp_path_factory):
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # local workers inherit the driver's environment
+    try:
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def ray_session(ray_env):
+    """One Ray instance per test module: 2 CPUs and 4 fake GPUs (trials then run on the CPU)."""
+    import ray
+
     # address="local": a new instance even if another Ray runs on this machine
     ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value

@@ -2,7 +2,6 @@
 ``--address``, a worker node lost mid-sweep, and storage every node must see."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,11 @@ SMOKE = Path(__file__).parents[1] / "configs" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(ray_env):
     """A head node and two workers with 1 CPU each (the workers with 2 fake GPUs each)."""
     import ray
     from ray.cluster_utils import Cluster
 
-    env = {
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "INVAE_SWEEP_CACHE": str(tmp_path_factory.mktemp("cache")),
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
     )
@@ -40,8 +32,6 @@ def cluster(tmp_path_factory):
     if ray.is_initialized():
         ray.shutdown()
     cluster.shutdown()
-    for key, value in saved.items():
-        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 def smoke(tmp_path, name, **overrides):

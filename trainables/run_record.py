@@ -112,3 +112,22 @@ def flat_run_config(record: dict[str, Any]) -> dict[str, Any]:
     for section in ("git", "system", "packages"):
         flat |= {f"{section}/{k}": v for k, v in record["environment"][section].items()}
     return flat
+
+
+def run_environment(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a run's environment that bear on bit equality."""
+    system = record["environment"]["system"]
+    node = record.get("trial", {}).get("node") or {}
+    return {
+        "hostname": system.get("hostname"),
+        "node_id": node.get("node_id"),
+        "device": str(record["model"].get("device", "")).split(":")[0],
+        "gpu": (system.get("gpu_names") or [None])[0],
+        "cuda": system.get("cuda_version"),
+        "cudnn": system.get("cudnn_version"),
+        "torch": system.get("torch_version"),
+        "cpu_threads": record["seeding"].get("cpu_threads"),
+        "deterministic": record["seeding"].get("deterministic"),
+        "cpu": system.get("processor"),
+        "numpy": record["environment"]["packages"].get("numpy"),
+    }
