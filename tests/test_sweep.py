@@ -129,3 +129,17 @@ def test_a_trial_that_keeps_failing_is_errored_with_its_reason(ray_session, tmp_
     assert bad["status"] == "errored" and bad["run_json"] is None
     assert "non-finite loss" in bad["error"]
     assert summary["best_trial"] == by_rate[1.0e-3]["trial_id"]
+
+
+def test_storage_given_as_a_uri_goes_through_pyarrow(ray_session, tmp_path, monkeypatch):
+    """A URI storage path (here file://, as s3:// or gs:// would be) end to end."""
+    monkeypatch.chdir(tmp_path)  # W&B runs of URI-stored sweeps go to ./runs/<name>
+    sweep = load_sweep(SMOKE, {"outputs.best_n": 0, "replicates": 1, "seeds": [0]})
+    sweep = apply_options(sweep, DriverOptions(name="uri", storage=f"file://{tmp_path}/store"))
+    summary = run_sweep(sweep, DriverOptions(gpus=0))
+    folder = tmp_path / "store" / "uri"
+    assert summary["n_completed"] == 1
+    assert json.loads((folder / "summary.json").read_text())["n_completed"] == 1
+    assert (folder / summary["trials"][0]["run_json"]).exists()
+    assert (folder / "best" / "model.pt").exists() and (folder / "results.csv").exists()
+    assert list((tmp_path / "runs" / "uri" / "wandb").glob("offline-run-*"))
