@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from trainables.config import ConfigError, load_data_config, load_train_config
+from trainables.config import load_data_config, load_train_config
+from trainables.schema import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

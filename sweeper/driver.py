@@ -18,8 +18,8 @@ from typing import Any
 from sweeper.results import SUMMARY_FILE, collect_results, write_spec_record
 from sweeper.spec import LoadedSweep, SweepError, expand_trials, param_space, searched_values
 from sweeper.storage import SweepFolder, is_uri
-from trainables.config import config_to_dict
 from trainables.constants import TUNE_REPLICATE
+from trainables.schema import config_to_dict
 from trainables.seeding import determinism_env
 
 DEFAULT_TRIALS_PER_GPU = 4

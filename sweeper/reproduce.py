@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.analysis import first_divergence, tensor_differences
-from trainables.config import ConfigError, DataConfig, TrainConfig, config_from_dict
+from trainables.config import DataConfig, TrainConfig
 from trainables.provenance import get_environment_info
 from trainables.run_record import load_run
+from trainables.schema import ConfigError, config_from_dict
 from trainables.standalone import run_standalone
 
 SYSTEM_FIELDS = ("torch_version", "cuda_version", "cudnn_version", "gpu_names", "platform")

@@ -19,11 +19,11 @@ from typing import Any
 
 from sweeper.spec import LoadedSweep, SweepError, searched_values
 from sweeper.storage import SweepFolder
-from trainables.config import config_to_dict
 from trainables.constants import METRIC_KEYS, MODEL_FILE, RUN_FILE, TUNE_REPLICATE
 from trainables.files import ResultFileError, read_json
 from trainables.integration import INTEGRATION_KEYS
 from trainables.run_record import run_environment
+from trainables.schema import config_to_dict
 
 SPEC_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"

@@ -14,23 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from trainables.config import (
+from trainables.config import DataConfig, TrainConfig, load_data_config, load_train_config
+from trainables.constants import DEFAULT_METRIC, DEFAULT_MODE, METRIC_KEYS
+from trainables.integration import INTEGRATION_KEYS
+from trainables.schema import (
     ConfigError,
-    DataConfig,
-    TrainConfig,
     config_from_dict,
     config_keys,
     config_to_dict,
     field_type,
     flatten_dict,
-    load_data_config,
-    load_train_config,
+    read_yaml,
     suggest,
 )
-from trainables.constants import DEFAULT_METRIC, DEFAULT_MODE, METRIC_KEYS
-from trainables.integration import INTEGRATION_KEYS
 
 
 class SweepError(RuntimeError):
@@ -189,14 +185,7 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
         ConfigError: Any problem, naming the file and key.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError("", "file not found", str(path)) from None
-    except yaml.YAMLError as err:
-        raise ConfigError("", f"invalid YAML: {err}", str(path)) from None
-    if not isinstance(raw, dict):
-        raise ConfigError("", "expected a mapping of keys", str(path))
+    raw = read_yaml(path)
     try:
         raw = {**raw, "seeds": _seed_list(raw.get("seeds", [42]))}
         spec = config_from_dict(SweepSpec, raw, overrides)

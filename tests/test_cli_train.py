@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sweeper.cli import parse_overrides, train_main
-from trainables.config import ConfigError
+from trainables.schema import ConfigError
 
 TINY = [
     "--smoke",

@@ -3,16 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainables.config import (
-    ConfigError,
-    DataConfig,
-    TrainConfig,
-    config_from_dict,
-    config_keys,
-    config_to_dict,
-    load_data_config,
-    load_train_config,
-)
+from trainables.config import DataConfig, TrainConfig, load_data_config, load_train_config
+from trainables.schema import ConfigError, config_from_dict, config_keys, config_to_dict
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

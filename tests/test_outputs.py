@@ -8,8 +8,8 @@ import pytest
 from sweeper.outputs import best_trials, pca_baseline, write_sweep_report
 from sweeper.spec import load_sweep
 from sweeper.storage import SweepFolder
-from trainables.config import ConfigError
 from trainables.integration import INTEGRATION_KEYS
+from trainables.schema import ConfigError
 
 
 def trial(trial_id, seed, value, status="completed", lr=1e-3):

@@ -5,7 +5,7 @@ import yaml
 
 from sweeper.driver import gpus_per_trial
 from sweeper.spec import expand_trials, load_sweep, param_space, searched_values
-from trainables.config import ConfigError
+from trainables.schema import ConfigError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import sparse
 from sklearn.model_selection import train_test_split
 
-from trainables.config import SIMULATED, DataConfig, config_to_dict, suggest
+from trainables.config import SIMULATED, DataConfig
 from trainables.prepared import (
     PREP_VERSION,
     PreparedData,
@@ -35,6 +35,7 @@ from trainables.prepared import (
     read_cache,
     write_cache,
 )
+from trainables.schema import config_to_dict, suggest
 from trainables.simulate import SIMULATOR_VERSION, simulate
 
 CACHE_ENV = "INVAE_SWEEP_CACHE"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trainables.config import DataConfig, config_from_dict
+from trainables.config import DataConfig
 from trainables.data import embedding_inputs, load_anndata, write_embedding
 from trainables.latent import latent_means, load_model
 from trainables.run_record import load_model_file, load_run
+from trainables.schema import config_from_dict
 
 LATENT_KEYS = {"inv": "X_invae_inv", "spur": "X_invae_spur"}  # obsm keys of z_i and z_s
 

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.config import ModelConfig, config_from_dict
+from trainables.config import ModelConfig
 from trainables.integration import integration_metrics
 from trainables.model import InVAE
+from trainables.schema import config_from_dict
 
 LATENT_CHUNK = 8192  # cells per forward pass
 

@@ -13,13 +13,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from trainables.config import (
-    DataConfig,
-    TrainConfig,
-    config_from_dict,
-    config_to_dict,
-    flatten_dict,
-)
+from trainables.config import DataConfig, TrainConfig
 from trainables.constants import (
     CHECKPOINT_FILE,
     RUN_CONFIG,
@@ -31,6 +25,7 @@ from trainables.files import atomic_torch_save, load_torch
 from trainables.prepared import PreparedData
 from trainables.provenance import get_environment_info
 from trainables.run_record import write_run
+from trainables.schema import config_from_dict, config_to_dict, flatten_dict
 from trainables.train import train
 
 

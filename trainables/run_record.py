@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainables.config import DataConfig, config_to_dict, flatten_dict
+from trainables.config import DataConfig
 from trainables.constants import MODEL_FILE, RUN_FILE, RUN_SCHEMA_VERSION
 from trainables.files import atomic_torch_save, atomic_write_json, load_torch, read_json
+from trainables.schema import config_to_dict, flatten_dict
 
 if TYPE_CHECKING:  # importing the loop would load torch and AnnData for readers of results
     from trainables.train import RunResult

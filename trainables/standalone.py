@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from trainables.config import DataConfig, TrainConfig, config_to_dict
+from trainables.config import DataConfig, TrainConfig
 from trainables.data import prepare_data
 from trainables.provenance import get_environment_info
 from trainables.run_record import flat_run_config, run_record, write_run
+from trainables.schema import config_to_dict
 from trainables.train import RunResult, train
 
 WandbMode = Literal["off", "offline", "online"]

@@ -1,0 +1,247 @@
+"""Typed nested dicts -> frozen, validated dataclasses; errors that name the key path.
+
+The machinery behind every config of the project (``trainables.config``, the sweep spec):
+``config_from_dict`` builds a dataclass from YAML-like dicts plus dotted-key overrides,
+checking unknown keys (with a close-match suggestion), types and the dataclass's own range
+checks, and raises one :class:`ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range.
+
+    Attributes:
+        key: Dotted path of the offending key (``"model.z_i_dim"``), or ``""`` for the whole file.
+        message: What is wrong and what is allowed.
+        source: The file the value came from, if any.
+    """
+
+    def __init__(self, key: str, message: str, source: str | None = None):
+        self.key, self.message, self.source = key, message, source
+        where = ": ".join(part for part in (source, key) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def under(self, prefix: str) -> ConfigError:
+        """Return the same error with ``prefix`` prepended to its key path."""
+        return ConfigError(_join(prefix, self.key), self.message, self.source)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix and key else prefix or key
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise ``ConfigError(key, "got <value>; allowed: <allowed>")`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(key, f"got {value!r}; allowed: {allowed}")
+
+
+def config_from_dict(
+    cls: type[T],
+    raw: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    source: str | None = None,
+) -> T:
+    """Build and validate a config dataclass from a nested dict plus dotted-key overrides.
+
+    Args:
+        cls: The config class (:class:`TrainConfig`, :class:`DataConfig`, ...).
+        raw: Nested values, as read from YAML; missing keys take the defaults.
+        overrides: Dotted keys whose values replace those in ``raw``.
+        source: Where ``raw`` came from, for error messages.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: A key is unknown or a value has the wrong type or is out of range.
+    """
+    try:
+        merged = apply_overrides(raw, overrides or {})
+        return _build(cls, merged, "")
+    except ConfigError as err:
+        raise ConfigError(err.key, err.message, source) from None
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a deep copy of ``raw`` with each dotted-key override set in it."""
+    merged = _deep_copy(raw)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = merged
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                key = ".".join(parents[: depth + 1])
+                raise ConfigError(key, f"is {child!r}, so it has no key {dotted!r}")
+            node = child
+        node[leaf] = value
+    return merged
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Return a config as plain nested dicts and lists, ready for JSON or YAML."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def flatten_dict(tree: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into ``{"model.z_i_dim": 30, ...}`` (the inverse of overrides)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat |= flatten_dict(value, sep, name)
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_keys(cls: type) -> list[str]:
+    """List the dotted paths of every leaf field of a config class (``"model.z_i_dim"``, ...)."""
+    keys = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += [f"{f.name}.{sub}" for sub in config_keys(hints[f.name])]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def field_type(cls: type, dotted: str) -> Any:
+    """Return the annotation of a dotted leaf key of a config class (``"model.z_i_dim"``: int).
+
+    Raises:
+        KeyError: No such key.
+    """
+    head, _, rest = dotted.partition(".")
+    hints = get_type_hints(cls)
+    if head not in hints:
+        raise KeyError(dotted)
+    if rest:
+        if not dataclasses.is_dataclass(hints[head]):
+            raise KeyError(dotted)
+        return field_type(hints[head], rest)
+    return hints[head]
+
+
+def suggest(key: str, choices: list[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path | None) -> dict[str, Any]:
+    """Read a YAML mapping (``{}`` for no path or an empty file).
+
+    Raises:
+        ConfigError: The file is missing, not YAML, or not a mapping (naming the file).
+    """
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("", "file not found", str(path)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"invalid YAML: {err}", str(path)) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"expected a mapping of keys, got {type(raw).__name__}", str(path))
+    return raw
+
+
+def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+
+
+def _build(cls: type[T], raw: Any, where: str) -> T:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(where, f"expected a mapping, got {raw!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(_join(where, str(key)), "unknown key" + suggest(str(key), names))
+        values[key] = _coerce(hints[key], value, _join(where, key))
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        raise err.under(where) from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form."""
+    origin, args = get_origin(tp), get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(key, f"got {value!r}; allowed: {', '.join(map(str, args))}")
+        return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        return _deep_copy(value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        if args[-1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(key, f"expected a list of {len(args)} values, got {value!r}")
+        return tuple(
+            _coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
+    return _coerce_scalar(tp, value, key)
+
+
+def _coerce_scalar(tp: type, value: Any, key: str) -> Any:
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and not isinstance(value, bool):
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if tp is str and isinstance(value, str):
+        return value
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    raise ConfigError(key, f"expected {names[tp]}, got {value!r}")
