@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from trainables.constants import METRIC_KEYS
+from trainables.integration import INTEGRATION_KEYS
 from trainables.model import InVAE
 from trainables.step import clip_gradients, kl_weight
 from trainables.train import NonFiniteLossError, check_finite, train
@@ -26,8 +27,11 @@ def test_report_is_called_once_per_epoch_with_every_metric(tiny_train_config, ti
     rows = []
     result = train(tiny_train_config, tiny_data, report=rows.append)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert all(set(r) == set(METRIC_KEYS) for r in rows)
-    assert rows == result.history
+    assert all(set(r) == set(METRIC_KEYS) for r in result.history)
+    assert rows[:-1] == result.history[:-1]
+    # the last report also carries the integration scores of z_i on the validation cells
+    assert rows[-1] == {**result.history[-1], **result.integration}
+    assert set(result.integration) == set(INTEGRATION_KEYS)
     assert all(math.isfinite(v) for r in rows for v in r.values())
 
 
