@@ -18,7 +18,7 @@ import numpy as np
 from sweeper.document import Image, Table, Text, render
 from sweeper.plots import loss_curves_png
 from sweeper.report import group_rows, params_text
-from sweeper.results import COMPLETED
+from sweeper.results import COMPLETED, ranked_trials
 from sweeper.storage import SweepFolder
 from trainables.integration import INTEGRATION_KEYS
 from trainables.latent import embedding_integration
@@ -109,14 +109,7 @@ def write_outputs(
 
 def best_trials(summary: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """The ``n`` best completed trials by the sweep's metric and mode."""
-    metric, mode = summary["metric"], summary["mode"]
-    done = [
-        t
-        for t in summary["trials"]
-        if t["status"] == COMPLETED and not math.isnan(t["metrics"].get(metric, math.nan))
-    ]
-    done.sort(key=lambda t: t["metrics"][metric], reverse=mode == "max")
-    return done[:n]
+    return ranked_trials(summary["trials"], summary["metric"], summary["mode"])[:n]
 
 
 def write_sweep_report(folder: SweepFolder, summary: dict[str, Any]) -> tuple[str, str] | None:

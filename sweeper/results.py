@@ -75,7 +75,7 @@ def collect_results(sweep: LoadedSweep, folder: SweepFolder, grid: Any) -> dict[
     """Summarise a Tune ``ResultGrid`` into ``summary.json``, ``results.csv`` and ``best/``."""
     trials = [_trial_entry(sweep, folder, result) for result in grid]
     trials.sort(key=lambda t: t["trial_id"])
-    best = _best(trials, sweep.spec.metric, sweep.spec.mode)
+    best = next(iter(ranked_trials(trials, sweep.spec.metric, sweep.spec.mode)), None)
     summary = {
         "name": sweep.spec.name,
         "metric": sweep.spec.metric,
@@ -196,13 +196,11 @@ def _digests(record: dict[str, Any] | None) -> dict[str, str] | None:
     return {k: v for k, v in record["fingerprint"].items() if k != "parameters"}
 
 
-def _best(trials: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+def ranked_trials(trials: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    """Completed trials with a value for ``metric``, best first (ties keep trial order)."""
     done = [
         t
         for t in trials
         if t["status"] == COMPLETED and not math.isnan(t["metrics"].get(metric, math.nan))
     ]
-    if not done:
-        return None
-    pick = min if mode == "min" else max
-    return pick(done, key=lambda t: t["metrics"][metric])
+    return sorted(done, key=lambda t: t["metrics"][metric], reverse=mode == "max")
