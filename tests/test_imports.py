@@ -10,6 +10,9 @@ import pytest
     ("module", "forbidden"),
     [
         ("trainables.model", ("anndata", "scanpy", "ray", "wandb")),
+        ("trainables.optim", ("anndata", "scanpy", "ray", "wandb")),
+        ("trainables.simulate", ("anndata", "scanpy")),
+        ("trainables.integration", ("anndata", "scanpy", "torch")),
         ("trainables.train", ("ray", "wandb", "scanpy")),
         ("sweeper.analysis", ("torch", "ray", "anndata", "wandb")),
         ("sweeper.verification_report", ("torch", "ray", "anndata", "wandb")),

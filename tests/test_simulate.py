@@ -1,6 +1,4 @@
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -110,11 +108,3 @@ def test_draw_counts_matches_gamma_poisson_moments(mean, bcv2):
     assert abs(counts.mean() - mean) < 5 * se_mean
     assert counts.var() == pytest.approx(mean + mean**2 * bcv2, rel=0.1)
     assert (counts == 0).mean() == pytest.approx((reference == 0).mean(), abs=0.01)
-
-
-def test_importing_simulate_loads_neither_anndata_nor_scanpy():
-    code = (
-        "import sys, trainables.simulate; print(sorted({'anndata', 'scanpy'} & set(sys.modules)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
