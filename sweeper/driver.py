@@ -293,6 +293,7 @@ def _make_tuner(
         base_data=config_to_dict(sweep.data),
         data=shared,
         checkpoint_every=spec.checkpoint_every,
+        storage=folder.location,
     )
     # GPUs to use, a trial's GPU share, its resources (a dict, or a callable of its config)
     n_gpus, gpu, resources = placement

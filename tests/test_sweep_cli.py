@@ -112,3 +112,30 @@ def test_resume_after_the_driver_is_killed_reruns_no_finished_trial(tmp_path):
     for t in summary["trials"]:
         by_seed.setdefault(t["seed"], set()).add(t["fingerprint"]["weights"])
     assert all(len(weights) == 1 for weights in by_seed.values())
+
+
+@pytest.mark.parametrize(
+    ("recorded_id", "found"), [("trial_1", True), ("trial_2", False), (None, False)]
+)
+def test_a_trial_finds_the_run_json_an_earlier_attempt_synced(
+    tmp_path, monkeypatch, recorded_id, found
+):
+    from ray import tune
+
+    from trainables.ray_trainable import earlier_record
+
+    class Context:
+        def get_trial_id(self):
+            return "trial_1"
+
+    working = tmp_path / "work" / "tune_trainable_trial_1_seed=0"
+    working.mkdir(parents=True)
+    monkeypatch.chdir(working)
+    monkeypatch.setattr(tune, "get_context", Context)
+    storage = tmp_path / "sweep"
+    if recorded_id is not None:  # None: the earlier attempt synced nothing
+        (storage / working.name).mkdir(parents=True)
+        record = {"trial": {"trial_id": recorded_id}, "history": [{"epoch": 2}]}
+        (storage / working.name / "run.json").write_text(json.dumps(record))
+    assert (earlier_record(str(storage)) is not None) is found
+    assert earlier_record(None) is None

@@ -5,18 +5,22 @@ Everything else a trial does lives in plain functions that run without Ray.
 
 from __future__ import annotations
 
+import json
+import posixpath
 import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import ray
+from pyarrow import fs as pafs
 from ray import tune
 
 from trainables.config import DataConfig, TrainConfig
 from trainables.constants import (
     CHECKPOINT_FILE,
     RUN_CONFIG,
+    RUN_FILE,
     TUNE_DATA,
     TUNE_REPLICATE,
     TUNE_TRAIN,
@@ -54,12 +58,35 @@ def node_info() -> dict[str, Any]:
     }
 
 
+def earlier_record(storage: str | None) -> dict[str, Any] | None:
+    """This trial's ``run.json`` in the sweep folder, if an earlier attempt finished it.
+
+    A trial can finish (its run.json synced to storage) moments before the driver dies and
+    records it as finished; ``--resume`` then starts it again. Ray names the trial's working
+    folder like its folder in storage, which is where run.json was synced.
+    """
+    if storage is None:
+        return None
+    if "://" in storage:
+        filesystem, root = pafs.FileSystem.from_uri(storage)
+    else:
+        filesystem, root = pafs.LocalFileSystem(), storage
+    try:
+        with filesystem.open_input_stream(posixpath.join(root, Path.cwd().name, RUN_FILE)) as f:
+            record = json.loads(f.read())
+    except (OSError, ValueError):  # absent (FileNotFoundError is an OSError) or unreadable
+        return None
+    same_trial = record.get("trial", {}).get("trial_id") == tune.get_context().get_trial_id()
+    return record if same_trial else None
+
+
 def tune_trainable(
     config: dict[str, Any],
     base_train: dict[str, Any],
     base_data: dict[str, Any],
     data: PreparedData | None = None,
     checkpoint_every: int = 0,
+    storage: str | None = None,
 ) -> None:
     """Run one trial: train, report every epoch, checkpoint, write run.json + model.pt.
 
@@ -70,8 +97,14 @@ def tune_trainable(
         data: Data prepared once by the driver for this config; None prepares it here
             (through the on-disk cache).
         checkpoint_every: Report a resumable checkpoint every this many epochs (0: never).
+        storage: The sweep folder (path or URI), where an earlier attempt's run.json would be.
     """
     train_cfg, data_cfg, replicate = trial_configs(config, base_train, base_data)
+    tags = {"seed": train_cfg.seed, TUNE_REPLICATE: replicate}
+    finished = earlier_record(storage)
+    if finished is not None:  # done before the driver died: report it, don't train again
+        tune.report({**finished["history"][-1], **finished.get("integration", {}), **tags})
+        return
     checkpoint = tune.get_checkpoint()
     resume = None
     if checkpoint is not None:
@@ -80,7 +113,6 @@ def tune_trainable(
     node = node_info()
     run_config = {"train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg)}
     first = {RUN_CONFIG: run_config, "node": node, **get_environment_info()}  # W&B config
-    tags = {"seed": train_cfg.seed, TUNE_REPLICATE: replicate}
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         row = {**metrics, **tags, **first}
