@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -108,17 +109,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     """``invae-sweep``: run a Ray Tune sweep of inVAE trials from one YAML file."""
-    from sweeper.driver import DriverOptions, apply_options, run_sweep, sweep_dir, trial_table
+    from sweeper.driver import apply_options, run_sweep, sweep_dir, trial_table
     from sweeper.report import format_summary, format_table
     from sweeper.spec import SweepError, load_sweep
 
     parser = argparse.ArgumentParser(prog="invae-sweep", description=sweep_main.__doc__)
     parser.add_argument("--config", required=True, help="sweep YAML (e.g. configs/sweep.yaml)")
-    parser.add_argument("--gpus", type=int, help="GPUs to use (0: CPU trials; default: all)")
-    parser.add_argument("--cpus", type=int, help="CPUs of a local Ray (default: all)")
-    parser.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
-    parser.add_argument("--name", help="sweep name: the results folder under the storage path")
-    parser.add_argument("--storage", help="where sweep folders go (default: the file's)")
+    _add_ray_options(parser, "sweep name: the results folder under the storage path")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     parser.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
     parser.add_argument(
@@ -127,14 +124,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         help="tiny data and 2 epochs: checks a sweep end to end in a minute",
     )
     args = parser.parse_args(argv)
-    options = DriverOptions(
-        gpus=args.gpus,
-        cpus=args.cpus,
-        address=args.address,
-        name=args.name,
-        storage=args.storage,
-        resume=args.resume,
-    )
+    options = replace(_driver_options(args), resume=args.resume)
     try:
         overrides = _smoke_sweep_overrides() if args.smoke else None
         sweep = apply_options(load_sweep(args.config, overrides), options)
@@ -149,6 +139,23 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     print(format_summary(summary))
     print(f"results: {sweep_dir(sweep)}")
     return EXIT_FAILED if summary["n_errored"] else EXIT_OK
+
+
+def _add_ray_options(parser: argparse.ArgumentParser, name_help: str) -> None:
+    """The options saying where trials run and where results go (sweeps and audits)."""
+    parser.add_argument("--gpus", type=int, help="GPUs to use (0: CPU trials; default: all)")
+    parser.add_argument("--cpus", type=int, help="CPUs of a local Ray (default: all)")
+    parser.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
+    parser.add_argument("--name", help=name_help)
+    parser.add_argument("--storage", help="where result folders go (default: the file's)")
+
+
+def _driver_options(args: argparse.Namespace) -> Any:
+    from sweeper.driver import DriverOptions
+
+    return DriverOptions(
+        gpus=args.gpus, cpus=args.cpus, address=args.address, name=args.name, storage=args.storage
+    )
 
 
 def _smoke_sweep_overrides() -> dict[str, Any]:
@@ -191,7 +198,7 @@ def verify_main(argv: Sequence[str] | None = None) -> int:
 def audit_main(argv: Sequence[str] | None = None) -> int:
     """``invae-audit``: run N replicates of one config as Ray trials and verify them."""
     from sweeper.audit import audit_sweep, run_audit
-    from sweeper.driver import DriverOptions, apply_options
+    from sweeper.driver import apply_options
     from sweeper.spec import SweepError, load_sweep
     from sweeper.verification_report import format_verdict
     from trainables.files import ResultFileError
@@ -205,18 +212,12 @@ def audit_main(argv: Sequence[str] | None = None) -> int:
         choices=["true", "false"],
         help="audit deterministic (default) or non-deterministic mode",
     )
-    parser.add_argument("--gpus", type=int, help="GPUs to use (0: CPU trials; default: all)")
-    parser.add_argument("--cpus", type=int, help="CPUs of a local Ray (default: all)")
-    parser.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
-    parser.add_argument("--storage", help="where the audit folder goes")
-    parser.add_argument("--name", help="audit folder name (default: <name>-<date>-<time>)")
+    _add_ray_options(parser, "audit folder name (default: <name>-<date>-<time>)")
     parser.add_argument("--smoke", action="store_true", help="tiny data, 2 epochs")
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 2:
         return _fail(parser.prog, ValueError("--repeats must be >= 2 to compare anything"), 2)
-    options = DriverOptions(
-        gpus=args.gpus, cpus=args.cpus, address=args.address, name=args.name, storage=args.storage
-    )
+    options = _driver_options(args)
     try:
         sweep = load_sweep(args.config, _smoke_sweep_overrides() if args.smoke else None)
         deterministic = None if args.deterministic is None else args.deterministic == "true"
