@@ -15,12 +15,12 @@ from trainables.integration import integration_metrics
 from trainables.model import InVAE
 from trainables.schema import config_from_dict
 
-LATENT_CHUNK = 8192  # cells per forward pass
+CELLS_PER_PASS = 8192  # cells per forward pass without gradients (evaluation, embedding)
 
 
 @torch.no_grad()
 def latent_means(
-    model: InVAE, counts: Any, bio: Any, tech: Any, chunk: int = LATENT_CHUNK
+    model: InVAE, counts: Any, bio: Any, tech: Any, chunk: int = CELLS_PER_PASS
 ) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means of ``z_i`` and ``z_s`` for every cell, in eval mode.
 

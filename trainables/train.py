@@ -19,7 +19,7 @@ from torch import Tensor
 from trainables.config import DataConfig, TrainConfig
 from trainables.data import prepare_data
 from trainables.fingerprint import fingerprint
-from trainables.latent import embedding_integration, latent_means
+from trainables.latent import CELLS_PER_PASS, embedding_integration, latent_means
 from trainables.model import InVAE, LossTerms
 from trainables.optim import build_optimizers, model_summary
 from trainables.prepared import PreparedData, Split
@@ -29,8 +29,6 @@ from trainables.step import EagerStep, kl_weight, make_step
 
 # report(metrics) every epoch; report(metrics, state) on checkpoint epochs.
 Report = Callable[..., None]
-
-EVAL_CHUNK = 8192  # validation cells per forward pass
 
 
 class NonFiniteLossError(RuntimeError):
@@ -202,10 +200,10 @@ def evaluate(model: InVAE, data: DeviceSplit, cfg: TrainConfig) -> dict[str, flo
     model.eval()
     n_cells = data.counts.shape[0]
     sums = torch.zeros(4, device=data.counts.device)
-    for start in range(0, n_cells, EVAL_CHUNK):
-        chunk = slice(start, start + EVAL_CHUNK)
+    for start in range(0, n_cells, CELLS_PER_PASS):
+        chunk = slice(start, start + CELLS_PER_PASS)
         terms = model(data.counts[chunk], data.bio[chunk], data.tech[chunk])
-        sums += torch.stack(list(terms)) * min(EVAL_CHUNK, n_cells - start)
+        sums += torch.stack(list(terms)) * min(CELLS_PER_PASS, n_cells - start)
     terms = LossTerms(*(v / n_cells for v in sums.tolist()))
     return {
         "val_loss": terms.total(cfg.beta_end, cfg.indep_weight),
