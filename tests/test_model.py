@@ -82,6 +82,18 @@ def test_latent_shapes_and_eval_is_deterministic():
     assert torch.equal(model(*batch).recon, model(*batch).recon)
 
 
+@pytest.mark.parametrize("inject", [False, True])
+def test_only_an_injecting_decoder_reads_the_technical_covariates(inject):
+    cfg = ModelConfig(z_i_dim=6, z_s_dim=2, hidden=(32,), inject_covariates=inject)
+    torch.manual_seed(0)
+    model = InVAE(N_GENES, N_BIO, N_TECH, cfg).eval()
+    z, library = torch.randn(16, 8), torch.full((16, 1), 100.0)
+    tech = make_batch()[2]
+    shifted = model.decode(z, tech.roll(1, dims=1), library)
+    assert torch.equal(model.decode(z, tech, library), shifted) is not inject
+    assert torch.isfinite(model(*make_batch()).total(1.0, 0.1))
+
+
 def test_no_covariates_gives_a_standard_normal_prior():
     model = InVAE(N_GENES, 0, 0, ModelConfig(z_i_dim=3, z_s_dim=2, hidden=(8,)))
     counts, _, _ = make_batch()

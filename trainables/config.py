@@ -93,6 +93,7 @@ class ModelConfig:
     dropout: float = 0.1
     batch_norm: bool = True
     prior_mean: Literal["zero", "learned"] = "zero"
+    inject_covariates: bool = False  # the decoder also reads the technical covariates
 
     def __post_init__(self):
         require(self.z_i_dim >= 1, "z_i_dim", self.z_i_dim, "an integer >= 1")

@@ -101,7 +101,8 @@ class InVAE(nn.Module):
         self.enc_log_var = nn.Linear(hidden[-1], z_dim)
         self.prior_i = ConditionalPrior(n_bio, cfg.z_i_dim, cfg)
         self.prior_s = ConditionalPrior(n_tech, cfg.z_s_dim, cfg)
-        self.decoder = mlp([z_dim, *reversed(hidden)], cfg.batch_norm, cfg.dropout)
+        n_decoder_in = z_dim + (n_tech if cfg.inject_covariates else 0)
+        self.decoder = mlp([n_decoder_in, *reversed(hidden)], cfg.batch_norm, cfg.dropout)
         self.dec_freq = nn.Linear(hidden[0], n_genes)
         self.log_theta = nn.Parameter(torch.zeros(n_genes))  # gene-wise inverse dispersion
 
@@ -126,8 +127,14 @@ class InVAE(nn.Module):
         h = self.encoder(torch.cat([torch.log1p(counts), bio, tech], dim=1))
         return self.enc_mean(h), self.enc_log_var(h).exp() + VAR_EPS
 
-    def decode(self, z: Tensor, library: Tensor) -> Tensor:
-        """Return the NB mean ``(n_cells, n_genes)``: gene frequencies times library size."""
+    def decode(self, z: Tensor, tech: Tensor, library: Tensor) -> Tensor:
+        """Return the NB mean ``(n_cells, n_genes)``: gene frequencies times library size.
+
+        With ``inject_covariates`` the decoder reads the technical covariates beside z (the
+        original's ``inject_covar_in_latent``), so it can explain their effect without z_i.
+        """
+        if self.cfg.inject_covariates:
+            z = torch.cat([z, tech], dim=1)
         return torch.softmax(self.dec_freq(self.decoder(z)), dim=-1) * library
 
     def forward(self, counts: Tensor, bio: Tensor, tech: Tensor) -> LossTerms:
@@ -146,7 +153,7 @@ class InVAE(nn.Module):
         """
         q_mean, q_var = self.encode(counts, bio, tech)
         z = q_mean + q_var.sqrt() * torch.randn_like(q_mean) if self.training else q_mean
-        mu = self.decode(z, counts.sum(dim=1, keepdim=True))
+        mu = self.decode(z, tech, counts.sum(dim=1, keepdim=True))
         recon = -nb_log_likelihood(counts, mu, self.log_theta.exp()).sum(dim=1)
 
         zi = self.cfg.z_i_dim
