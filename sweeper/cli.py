@@ -58,7 +58,7 @@ def _fail(prog: str, err: BaseException, code: int) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``invae-train``: one training run without Ray, written to ``--out``."""
-    from trainables.data import DataError
+    from trainables.datasets import DataError
     from trainables.standalone import WandbSettings, print_progress, run_standalone
     from trainables.train import NonFiniteLossError
 
@@ -236,7 +236,7 @@ def reproduce_main(argv: Sequence[str] | None = None) -> int:
 
     from sweeper.report import format_table
     from sweeper.reproduce import reproduce_run
-    from trainables.data import DataError
+    from trainables.datasets import DataError
     from trainables.files import ResultFileError
 
     parser = argparse.ArgumentParser(prog="invae-reproduce", description=reproduce_main.__doc__)
@@ -268,7 +268,7 @@ def embed_main(argv: Sequence[str] | None = None) -> int:
     """``invae-embed``: every cell's z_i and z_s from a trained run, written to an .h5ad."""
     from pathlib import Path
 
-    from trainables.data import DataError
+    from trainables.datasets import DataError
     from trainables.embed import embed_run
     from trainables.files import ResultFileError
 

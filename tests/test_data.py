@@ -13,15 +13,10 @@ import scanpy as sc
 from scipy import sparse
 
 import trainables.data as data_module
+import trainables.datasets as datasets_module
 from trainables.config import DataConfig, SimulationConfig
-from trainables.data import (
-    NAMED_DATASETS,
-    DataError,
-    PreparedData,
-    cache_dir,
-    load_anndata,
-    prepare_data,
-)
+from trainables.data import PreparedData, load_anndata, prepare_data
+from trainables.datasets import NAMED_DATASETS, DataError, cache_dir
 
 KANG = Path(__file__).parent / "data" / "kang_small.h5ad"  # 400 cells x 1,500 genes, real counts
 SIM = SimulationConfig(n_cells=400, n_genes=300, n_batches=3, n_cell_types=4, seed=1)
@@ -399,8 +394,8 @@ def test_cache_key_covers_what_changes_the_result(tmp_path, sim, changes, same):
 def test_cache_dir_resolution(monkeypatch, tmp_path, configured, env, expected):
     monkeypatch.setenv("HOME", str(tmp_path))
     if env is None:
-        monkeypatch.delenv(data_module.CACHE_ENV, raising=False)
+        monkeypatch.delenv(datasets_module.CACHE_ENV, raising=False)
     else:
-        monkeypatch.setenv(data_module.CACHE_ENV, env)
+        monkeypatch.setenv(datasets_module.CACHE_ENV, env)
     want = tmp_path / ".cache" / "invae-sweep" if expected == "HOME" else Path(expected)
     assert cache_dir(DataConfig(cache_dir=configured)) == want

@@ -8,7 +8,7 @@ import pytest
 
 from sweeper.cli import embed_main
 from trainables.config import DataConfig, ModelConfig, TrainConfig
-from trainables.data import DataError
+from trainables.datasets import DataError
 from trainables.embed import LATENT_KEYS, embed_run
 from trainables.files import ResultFileError
 from trainables.standalone import run_standalone

@@ -12,6 +12,7 @@ import pytest
         ("trainables.model", ("anndata", "scanpy", "ray", "wandb")),
         ("trainables.optim", ("anndata", "scanpy", "ray", "wandb")),
         ("trainables.simulate", ("anndata", "scanpy")),
+        ("trainables.datasets", ("anndata", "scanpy", "torch")),
         ("trainables.integration", ("anndata", "scanpy", "torch")),
         ("trainables.train", ("ray", "wandb", "scanpy")),
         ("sweeper.analysis", ("torch", "ray", "anndata", "wandb")),
