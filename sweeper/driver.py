@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.results import SUMMARY_FILE, collect_results, write_spec_record
-from sweeper.spec import LoadedSweep, SweepError, expand_trials, param_space, searched_values
+from sweeper.search import expand_trials, param_space, searched_values
+from sweeper.spec import LoadedSweep, SweepError
 from sweeper.storage import SweepFolder, is_uri
 from trainables.constants import TUNE_REPLICATE
 from trainables.schema import config_to_dict

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sweeper.spec import LoadedSweep, SweepError, searched_values
+from sweeper.search import searched_values
+from sweeper.spec import LoadedSweep, SweepError
 from sweeper.storage import SweepFolder
 from trainables.constants import METRIC_KEYS, MODEL_FILE, RUN_FILE, TUNE_REPLICATE
 from trainables.files import ResultFileError, read_json

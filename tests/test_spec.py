@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from sweeper.driver import gpus_per_trial
-from sweeper.spec import expand_trials, load_sweep, param_space, searched_values
+from sweeper.search import expand_trials, param_space, searched_values
+from sweeper.spec import load_sweep
 from trainables.schema import ConfigError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
