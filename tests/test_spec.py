@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeper.driver import gpus_per_trial
+from sweeper.cluster import gpus_per_trial
 from sweeper.search import expand_trials, param_space, searched_values
 from sweeper.spec import load_sweep
 from trainables.schema import ConfigError

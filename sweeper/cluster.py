@@ -1,0 +1,122 @@
+"""Where trials run: connecting to Ray, each trial's GPU share, replicates pinned to nodes."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sweeper.spec import LoadedSweep, SweepError
+from trainables.constants import TUNE_REPLICATE
+from trainables.seeding import determinism_env
+
+if TYPE_CHECKING:
+    from sweeper.driver import DriverOptions
+
+DEFAULT_TRIALS_PER_GPU = 4
+
+
+def gpus_per_trial(sweep: LoadedSweep, n_gpus: int, n_cpus: float | None = None) -> float:
+    """The GPU share of one trial, chosen so that concurrent trials spread over all GPUs.
+
+    Ray fills GPU 0 with fractional trials before it uses GPU 1. So the share is
+    ``1 / trials_per_gpu`` only while there are enough concurrent trials (trials, allowed
+    concurrency and CPUs all permitting) to fill every GPU that way; with fewer, fewer trials
+    share each GPU.
+    """
+    resources = sweep.spec.resources
+    if n_gpus == 0:
+        return 0.0
+    if resources.gpus_per_trial is not None:
+        return resources.gpus_per_trial
+    limits = [sweep.spec.n_trials, sweep.spec.max_concurrent_trials or sweep.spec.n_trials]
+    if n_cpus is not None:
+        limits.append(max(math.floor(n_cpus / resources.cpus_per_trial), 1))
+    concurrent = min(limits)
+    per_gpu = min(
+        resources.trials_per_gpu or DEFAULT_TRIALS_PER_GPU, math.ceil(concurrent / n_gpus)
+    )
+    return 1.0 / max(per_gpu, 1)
+
+
+def worker_env(sweep: LoadedSweep) -> dict[str, str]:
+    """Environment every trial and logging actor needs, on every node (via ``runtime_env``)."""
+    env = dict(determinism_env())
+    if sweep.spec.wandb.mode == "offline":
+        env["WANDB_MODE"] = "offline"  # mode="offline" alone still asks for an API key
+    env["WANDB_SILENT"] = "true"  # one W&B banner per trial drowns the trial table
+    return env
+
+
+def connect(options: DriverOptions, env: dict[str, str]) -> tuple[int, float, bool]:
+    """Connect to the cluster or start a local Ray.
+
+    Returns:
+        The GPUs to use, the cluster's CPUs, and whether this call started Ray.
+
+    Raises:
+        SweepError: The cluster has fewer GPUs than asked for.
+    """
+    import ray
+
+    started = False
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        os.environ.update(env)  # local workers inherit it; remote ones get runtime_env
+        runtime_env = {"env_vars": env}
+        if address:
+            try:
+                ray.init(address=address, runtime_env=runtime_env)
+            except ConnectionError as err:
+                raise SweepError(
+                    f"cannot connect to the Ray cluster at {address} ({err}); if it uses token "
+                    "authentication, copy its ~/.ray/auth_token here and set RAY_AUTH_MODE=token "
+                    "(docs/cluster.md)"
+                ) from None
+        else:
+            ray.init(
+                address="local",  # never join a cluster that happens to run on this machine
+                num_cpus=options.cpus,
+                num_gpus=options.gpus,
+                include_dashboard=False,
+                runtime_env=runtime_env,
+            )
+        started = True
+    resources = ray.cluster_resources()
+    available = int(resources.get("GPU", 0))
+    if options.gpus is not None and options.gpus > available:
+        if started:
+            ray.shutdown()
+        where = f"the cluster at {address}" if address else "this Ray instance"
+        raise SweepError(f"--gpus {options.gpus} asked for, but {where} has {available} GPUs")
+    n_gpus = available if options.gpus is None else options.gpus
+    return n_gpus, resources.get("CPU", 1.0), started
+
+
+def replicates_over_nodes(resources: dict[str, float]) -> Callable | None:
+    """Per-trial resources pinning replicate ``i`` to node ``i mod n``; None on a single node.
+
+    Only nodes that can hold a trial count. Audits use this to compare runs across nodes;
+    the pin is Ray's node-id label selector on the trial's placement group.
+    """
+    import ray
+    from ray import tune
+
+    need = {"CPU": resources["cpu"], "GPU": resources["gpu"]}
+    nodes = sorted(
+        n["NodeID"]
+        for n in ray.nodes()
+        if n["Alive"] and all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)
+    )
+    if len(nodes) < 2:
+        return None
+    bundle = {k: v for k, v in need.items() if v}
+
+    def pinned(config: dict[str, Any]) -> Any:
+        node = nodes[int(config.get(TUNE_REPLICATE, 0)) % len(nodes)]
+        return tune.PlacementGroupFactory(
+            [bundle], bundle_label_selector=[{"ray.io/node-id": node}]
+        )
+
+    return pinned
