@@ -114,15 +114,10 @@ def test_resume_after_the_driver_is_killed_reruns_no_finished_trial(tmp_path):
     assert all(len(weights) == 1 for weights in by_seed.values())
 
 
-@pytest.mark.parametrize(
-    ("recorded_id", "found"), [("trial_1", True), ("trial_2", False), (None, False)]
-)
-def test_a_trial_finds_the_run_json_an_earlier_attempt_synced(
-    tmp_path, monkeypatch, recorded_id, found
-):
+@pytest.fixture
+def trial_folders(tmp_path, monkeypatch):
+    """A trial ``trial_1`` in its working folder, outside Ray; returns its folder in storage."""
     from ray import tune
-
-    from trainables.ray_trainable import earlier_record
 
     class Context:
         def get_trial_id(self):
@@ -132,10 +127,61 @@ def test_a_trial_finds_the_run_json_an_earlier_attempt_synced(
     working.mkdir(parents=True)
     monkeypatch.chdir(working)
     monkeypatch.setattr(tune, "get_context", Context)
-    storage = tmp_path / "sweep"
-    if recorded_id is not None:  # None: the earlier attempt synced nothing
-        (storage / working.name).mkdir(parents=True)
-        record = {"trial": {"trial_id": recorded_id}, "history": [{"epoch": 2}]}
-        (storage / working.name / "run.json").write_text(json.dumps(record))
-    assert (earlier_record(str(storage)) is not None) is found
+    return tmp_path / "sweep" / working.name
+
+
+def synced_run(folder, trial_id="trial_1", weights=True):
+    folder.mkdir(parents=True)
+    record = {
+        "trial": {"trial_id": trial_id},
+        "history": [{"epoch": 1, "val_loss": 9.0}, {"epoch": 2, "val_loss": 8.0}],
+        "integration": {"integration_score": 0.7},
+    }
+    (folder / "run.json").write_text(json.dumps(record))
+    if weights:
+        (folder / "model.pt").write_bytes(b"weights")
+
+
+@pytest.mark.parametrize(
+    ("recorded_id", "weights", "found"),
+    [
+        ("trial_1", True, True),
+        ("trial_1", False, False),  # the sync was cut short before the weights
+        ("trial_2", True, False),  # another trial's record
+        (None, False, False),  # the earlier attempt synced nothing
+    ],
+)
+def test_a_trial_finds_the_run_json_an_earlier_attempt_synced(
+    trial_folders, recorded_id, weights, found
+):
+    from trainables.ray_trainable import earlier_record
+
+    if recorded_id is not None:
+        synced_run(trial_folders, recorded_id, weights)
+    assert (earlier_record(str(trial_folders.parent)) is not None) is found
     assert earlier_record(None) is None
+
+
+def test_a_finished_trial_reports_its_record_instead_of_training(trial_folders, monkeypatch):
+    from ray import tune
+
+    import trainables.ray_trainable as adapter
+    from trainables.config import DataConfig, TrainConfig
+    from trainables.schema import config_to_dict
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished trial was trained again")
+
+    reported = []
+    monkeypatch.setattr(adapter, "train", no_training)
+    monkeypatch.setattr(tune, "report", lambda row, **kwargs: reported.append(row))
+    synced_run(trial_folders)
+    adapter.tune_trainable(
+        {"train": {"seed": 3}, "replicate": 1},
+        config_to_dict(TrainConfig()),
+        config_to_dict(DataConfig()),
+        storage=str(trial_folders.parent),
+    )
+    assert reported == [
+        {"epoch": 2, "val_loss": 8.0, "integration_score": 0.7, "seed": 3, "replicate": 1}
+    ]

@@ -19,6 +19,7 @@ from ray import tune
 from trainables.config import DataConfig, TrainConfig
 from trainables.constants import (
     CHECKPOINT_FILE,
+    MODEL_FILE,
     RUN_CONFIG,
     RUN_FILE,
     TUNE_DATA,
@@ -63,7 +64,8 @@ def earlier_record(storage: str | None) -> dict[str, Any] | None:
 
     A trial can finish (its run.json synced to storage) moments before the driver dies and
     records it as finished; ``--resume`` then starts it again. Ray names the trial's working
-    folder like its folder in storage, which is where run.json was synced.
+    folder like its folder in storage, which is where run.json was synced. The record counts
+    only with the trial's weights beside it.
     """
     if storage is None:
         return None
@@ -71,13 +73,16 @@ def earlier_record(storage: str | None) -> dict[str, Any] | None:
         filesystem, root = pafs.FileSystem.from_uri(storage)
     else:
         filesystem, root = pafs.LocalFileSystem(), storage
+    folder = posixpath.join(root, Path.cwd().name)
     try:
-        with filesystem.open_input_stream(posixpath.join(root, Path.cwd().name, RUN_FILE)) as f:
+        with filesystem.open_input_stream(posixpath.join(folder, RUN_FILE)) as f:
             record = json.loads(f.read())
+        weights = filesystem.get_file_info(posixpath.join(folder, MODEL_FILE))
     except (OSError, ValueError):  # absent (FileNotFoundError is an OSError) or unreadable
         return None
     same_trial = record.get("trial", {}).get("trial_id") == tune.get_context().get_trial_id()
-    return record if same_trial else None
+    synced = weights.type == pafs.FileType.File  # a sync cut short may have left it behind
+    return record if same_trial and synced else None
 
 
 def tune_trainable(
