@@ -19,8 +19,9 @@ from sweeper.cluster import connect, gpus_per_trial, replicates_over_nodes, work
 from sweeper.results import SUMMARY_FILE, collect_results, write_spec_record
 from sweeper.search import expand_trials, param_space, searched_values
 from sweeper.spec import LoadedSweep, SweepError
-from sweeper.storage import SweepFolder, is_uri
+from sweeper.storage import SweepFolder
 from trainables.constants import TUNE_REPLICATE
+from trainables.files import is_uri
 from trainables.schema import config_to_dict
 
 

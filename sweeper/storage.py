@@ -18,12 +18,7 @@ from typing import Any
 from pyarrow import fs as pafs
 
 from sweeper.spec import SweepError
-from trainables.files import ResultFileError, atomic_write_bytes
-
-
-def is_uri(location: str) -> bool:
-    """Whether a storage location is a URI (``s3://bucket/x``) rather than a path."""
-    return "://" in location
+from trainables.files import ResultFileError, atomic_write_bytes, is_uri, storage_filesystem
 
 
 class SweepFolder:
@@ -36,11 +31,10 @@ class SweepFolder:
     def __init__(self, location: str | Path):
         location = str(location)
         if is_uri(location):
-            self.fs, self.root = pafs.FileSystem.from_uri(location)
             self.location = location.rstrip("/")
         else:
-            path = Path(location).expanduser().resolve()
-            self.fs, self.root, self.location = pafs.LocalFileSystem(), str(path), str(path)
+            self.location = str(Path(location).expanduser().resolve())
+        self.fs, self.root = storage_filesystem(self.location)
 
     def __str__(self) -> str:
         return self.location

@@ -10,6 +10,20 @@ from pathlib import Path
 from typing import Any
 
 
+def is_uri(location: str) -> bool:
+    """Whether a storage location is a URI (``s3://bucket/x``) rather than a path."""
+    return "://" in location
+
+
+def storage_filesystem(location: str) -> tuple[Any, str]:
+    """A storage location's pyarrow filesystem and its path on it (a URI or a local path)."""
+    from pyarrow import fs as pafs  # not at import: readers of local results don't need it
+
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), location
+
+
 class ResultFileError(ValueError):
     """A result file is missing or unreadable; the message names the file."""
 

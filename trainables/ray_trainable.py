@@ -26,7 +26,7 @@ from trainables.constants import (
     TUNE_REPLICATE,
     TUNE_TRAIN,
 )
-from trainables.files import atomic_torch_save, load_torch
+from trainables.files import atomic_torch_save, load_torch, storage_filesystem
 from trainables.prepared import PreparedData
 from trainables.provenance import get_environment_info
 from trainables.run_record import write_run
@@ -69,10 +69,7 @@ def earlier_record(storage: str | None) -> dict[str, Any] | None:
     """
     if storage is None:
         return None
-    if "://" in storage:
-        filesystem, root = pafs.FileSystem.from_uri(storage)
-    else:
-        filesystem, root = pafs.LocalFileSystem(), storage
+    filesystem, root = storage_filesystem(storage)
     folder = posixpath.join(root, Path.cwd().name)
     try:
         with filesystem.open_input_stream(posixpath.join(folder, RUN_FILE)) as f:
