@@ -321,6 +321,24 @@ def test_absent_named_dataset_without_download_says_what_to_do(tmp_path):
     assert not expected.exists()
 
 
+@pytest.mark.parametrize("reachable", [True, False])
+def test_a_named_dataset_download_lands_whole_or_not_at_all(tmp_path, monkeypatch, reachable):
+    named = NAMED_DATASETS["scib_pancreas"]
+    source = KANG if reachable else tmp_path / "gone.h5ad"
+    monkeypatch.setitem(
+        NAMED_DATASETS, "scib_pancreas", dataclasses.replace(named, url=source.as_uri())
+    )
+    cfg = DataConfig(data_path="scib_pancreas", cache_dir=str(tmp_path / "cache"), download=True)
+    target = tmp_path / "cache" / "datasets" / named.filename
+    if reachable:
+        assert load_anndata(cfg).n_obs == ad.read_h5ad(KANG).n_obs
+        assert target.read_bytes() == KANG.read_bytes()
+    else:
+        with pytest.raises(DataError, match="could not download"):
+            load_anndata(cfg)
+        assert not any(target.parent.iterdir())  # no partial file left behind
+
+
 def test_named_dataset_is_read_from_the_cache_folder(tmp_path, kang):
     target = tmp_path / "datasets" / NAMED_DATASETS["scib_pancreas"].filename
     target.parent.mkdir()

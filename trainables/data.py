@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from sklearn.model_selection import train_test_split
 
 from trainables.config import SIMULATED, DataConfig
 from trainables.datasets import DataError, cache_dir, input_path
+from trainables.files import atomic_path
 from trainables.prepared import (
     PREP_VERSION,
     PreparedData,
@@ -298,18 +297,11 @@ def write_embedding(
 
     The counts are not copied: join with the source data on ``obs_names``.
     """
-    path = Path(path)
     out = ad.AnnData(obs=adata.obs.copy(), obsm=dict(latents))
     out.uns["invae"] = meta
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".h5ad")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".h5ad") as tmp:
         out.write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _onehot(column: pd.Series, names: list[str], key: str) -> np.ndarray:

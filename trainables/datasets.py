@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.config import SIMULATED, DataConfig
+from trainables.files import atomic_path
 from trainables.schema import suggest
 
 CACHE_ENV = "INVAE_SWEEP_CACHE"
@@ -77,13 +77,13 @@ def input_path(cfg: DataConfig) -> Path | None:
 
 
 def _download(url: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     request = urllib.request.Request(url, headers={"User-Agent": "invae-sweep"})
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=60) as response:
+        with (
+            atomic_path(path, suffix=".part") as tmp,
+            tmp.open("wb") as out,
+            urllib.request.urlopen(request, timeout=60) as response,
+        ):
             shutil.copyfileobj(response, out, length=1 << 20)
-        os.replace(tmp, path)
     except OSError as err:  # urllib's URLError is an OSError
-        Path(tmp).unlink(missing_ok=True)
         raise DataError(f"could not download {url} to {path}: {err}") from err
