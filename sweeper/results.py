@@ -23,7 +23,7 @@ from sweeper.storage import SweepFolder
 from trainables.constants import METRIC_KEYS, MODEL_FILE, RUN_FILE, TUNE_REPLICATE
 from trainables.files import ResultFileError, read_json
 from trainables.integration import INTEGRATION_KEYS
-from trainables.run_record import run_environment
+from trainables.run_record import final_result, run_environment
 from trainables.schema import config_to_dict
 
 SPEC_FILE = "sweep.json"
@@ -167,7 +167,7 @@ def _trial_entry(sweep: LoadedSweep, folder: SweepFolder, result: Any) -> dict[s
         status = STOPPED
     final = metrics  # the last reported result; a completed run's own record wins
     if record and record["history"]:
-        final = {**record["history"][-1], **(record.get("integration") or {})}
+        final = final_result(record)
     return {
         "trial_id": metrics.get("trial_id") or trial_dir,
         "trial_dir": trial_dir,

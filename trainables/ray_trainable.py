@@ -29,7 +29,7 @@ from trainables.constants import (
 from trainables.files import atomic_torch_save, load_torch, storage_filesystem
 from trainables.prepared import PreparedData
 from trainables.provenance import get_environment_info
-from trainables.run_record import write_run
+from trainables.run_record import final_result, write_run
 from trainables.schema import config_from_dict, config_to_dict, flatten_dict
 from trainables.train import train
 
@@ -105,7 +105,7 @@ def tune_trainable(
     tags = {"seed": train_cfg.seed, TUNE_REPLICATE: replicate}
     finished = earlier_record(storage)
     if finished is not None:  # done before the driver died: report it, don't train again
-        tune.report({**finished["history"][-1], **finished.get("integration", {}), **tags})
+        tune.report({**final_result(finished), **tags})
         return
     checkpoint = tune.get_checkpoint()
     resume = None

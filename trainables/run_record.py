@@ -115,6 +115,12 @@ def flat_run_config(record: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def final_result(record: dict[str, Any]) -> dict[str, Any]:
+    """A run's last epoch metrics with its integration scores: what its trial last reported."""
+    last = record["history"][-1] if record["history"] else {}
+    return {**last, **(record.get("integration") or {})}
+
+
 def run_environment(record: dict[str, Any]) -> dict[str, Any]:
     """The fields of a run's environment that bear on bit equality."""
     system = record["environment"]["system"]
