@@ -286,9 +286,9 @@ def embed_main(argv: Sequence[str] | None = None) -> int:
         overrides["counts_layer"] = args.counts_layer
     extra = None
     if args.umap:
-        from sweeper.outputs import UMAP_KEY, umap_coordinates
+        from sweeper.outputs import umap_obsm
 
-        extra = lambda z: {UMAP_KEY: umap_coordinates(z)}  # noqa: E731
+        extra = umap_obsm
     try:
         path, embedded = embed_run(args.run_dir, args.out, overrides, extra)
     except (ConfigError, DataError, ResultFileError) as err:

@@ -49,6 +49,11 @@ def umap_coordinates(z: np.ndarray, seed: int = 0) -> np.ndarray:
     return umap.UMAP(n_neighbors=15, min_dist=0.3, random_state=seed, n_jobs=1).fit_transform(z)
 
 
+def umap_obsm(z_i: np.ndarray) -> dict[str, np.ndarray]:
+    """The UMAP of ``z_i`` as the embedding file's ``obsm`` entry."""
+    return {UMAP_KEY: umap_coordinates(z_i)}
+
+
 def umap_png(coords: np.ndarray, obs: Any, keys: tuple[str, str], title: str) -> bytes:
     """Two panels of the same UMAP, coloured by ``keys[0]`` (cell type) and ``keys[1]`` (batch)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -92,7 +97,7 @@ def write_outputs(
     keys = sweep.data.bio_keys[:1] + sweep.data.tech_keys[:1]
     for trial in best_trials(summary, spec.best_n):
         trial_dir = folder.local / trial["run_json"].rsplit("/", 1)[0]
-        extra = (lambda z: {UMAP_KEY: umap_coordinates(z)}) if spec.umap else None
+        extra = umap_obsm if spec.umap else None
         path, embedded = embed_run(trial_dir, trial_dir / "embedding.h5ad", extra_obsm=extra)
         entry = {"trial_id": trial["trial_id"], "embedding": str(path.relative_to(folder.local))}
         history = folder.read_json(trial["run_json"])["history"]

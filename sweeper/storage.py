@@ -18,7 +18,13 @@ from typing import Any
 from pyarrow import fs as pafs
 
 from sweeper.spec import SweepError
-from trainables.files import ResultFileError, atomic_write_bytes, is_uri, storage_filesystem
+from trainables.files import (
+    ResultFileError,
+    atomic_write_bytes,
+    is_uri,
+    json_bytes,
+    storage_filesystem,
+)
 
 
 class SweepFolder:
@@ -97,7 +103,7 @@ class SweepFolder:
 
     def write_json(self, relative: str, data: Any) -> str:
         """Write indented JSON (floats round-trip exactly); return its location."""
-        return self.write_bytes(relative, (json.dumps(data, indent=2) + "\n").encode())
+        return self.write_bytes(relative, json_bytes(data))
 
     def copy(self, source: str, target: str) -> None:
         """Copy one file within the folder."""

@@ -68,13 +68,18 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically.
+def json_bytes(data: Any) -> bytes:
+    """``data`` as indented JSON, the one format of every result file.
 
     Floats are written with Python's shortest round-trip repr, so every bit survives a
     write/read cycle; non-finite values are written as ``NaN``/``Infinity``.
     """
-    return atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON (:func:`json_bytes`), atomically."""
+    return atomic_write_bytes(path, json_bytes(data))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
