@@ -9,14 +9,13 @@ seed spread, all in ``report.html`` / ``report.md``.
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
 import numpy as np
 
 from sweeper.document import Image, Table, Text, render
-from sweeper.plots import loss_curves_png
+from sweeper.plots import loss_curves_png, metric_vs_params_png, seed_spread_png, umap_png
 from sweeper.report import group_rows, params_text
 from sweeper.results import COMPLETED, ranked_trials
 from sweeper.storage import SweepFolder
@@ -52,30 +51,6 @@ def umap_coordinates(z: np.ndarray, seed: int = 0) -> np.ndarray:
 def umap_obsm(z_i: np.ndarray) -> dict[str, np.ndarray]:
     """The UMAP of ``z_i`` as the embedding file's ``obsm`` entry."""
     return {UMAP_KEY: umap_coordinates(z_i)}
-
-
-def umap_png(coords: np.ndarray, obs: Any, keys: tuple[str, str], title: str) -> bytes:
-    """Two panels of the same UMAP, coloured by ``keys[0]`` (cell type) and ``keys[1]`` (batch)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 5))
-    FigureCanvasAgg(fig)
-    fig.suptitle(title)
-    for ax, key in zip(fig.subplots(1, 2), keys, strict=True):
-        labels = obs[key].astype(str).to_numpy()
-        names = sorted(set(labels))
-        for i, name in enumerate(names):
-            mask = labels == name
-            colour = _colour(i, len(names))
-            ax.scatter(*coords[mask].T, s=2, color=colour, label=name, rasterized=True)
-        ax.set(title=f"z_i coloured by {key}", xticks=[], yticks=[])
-        ax.legend(markerscale=4, fontsize="x-small", loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.subplots_adjust(left=0.02, right=0.85, wspace=0.45)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
-    fig.clear()
-    return buffer.getvalue()
 
 
 def write_outputs(
@@ -180,8 +155,6 @@ def _scores(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _sweep_figures(summary: dict[str, Any]) -> list[tuple[str, bytes, str]]:
-    from sweeper.plots import metric_vs_params_png, seed_spread_png
-
     figures = []
     done = [t for t in summary["trials"] if t["status"] == COMPLETED]
     if done and done[0]["params"]:
@@ -201,9 +174,3 @@ def _sweep_figures(summary: dict[str, Any]) -> list[tuple[str, bytes, str]]:
             )
         )
     return figures
-
-
-def _colour(i: int, n: int) -> Any:
-    from matplotlib import colormaps
-
-    return colormaps["tab20" if n > 10 else "tab10"](i % 20)

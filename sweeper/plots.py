@@ -1,4 +1,4 @@
-"""Loss-curve figures of replicate groups, rendered to PNG bytes.
+"""Figures of sweeps and replicate groups (loss curves, metrics, UMAPs), as PNG bytes.
 
 Figures are built with ``matplotlib.figure.Figure`` on an Agg canvas, never through pyplot: no
 display is needed, no global backend is switched, and nothing stays registered after saving
@@ -12,10 +12,12 @@ import math
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
+from sweeper.report import params_text
 from trainables.constants import TUNE_REPLICATE
 
 MAX_POINTS = 2000  # per curve; longer histories are thinned to keep figures fast and small
@@ -88,10 +90,7 @@ def loss_curves_png(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small", loc="best")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    fig.clear()
-    return buffer.getvalue()
+    return _png(fig, dpi=100)
 
 
 def _draw_curve(ax: Any, i: int, label: str, history: dict[str, list[float]], key: str) -> None:
@@ -157,9 +156,7 @@ def seed_spread_png(groups: list[dict[str, Any]], metric: str) -> bytes:
     fig = Figure(figsize=(max(5, 1.1 * len(groups)), 3.8))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    labels = [
-        ", ".join(f"{k}={v}" for k, v in g["params"].items()) or "(no search)" for g in groups
-    ]
+    labels = [params_text(g["params"]) for g in groups]
     ax.errorbar(
         range(len(groups)),
         [g["mean"] for g in groups],
@@ -176,8 +173,31 @@ def seed_spread_png(groups: list[dict[str, Any]], metric: str) -> bytes:
     return _png(fig)
 
 
-def _png(fig: Figure) -> bytes:
+def _png(fig: Figure, dpi: int = 90) -> bytes:
+    """The figure as PNG bytes (no timestamp or software tag: same figure, same bytes)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
     fig.clear()
     return buffer.getvalue()
+
+
+def umap_png(coords: np.ndarray, obs: Any, keys: tuple[str, str], title: str) -> bytes:
+    """Two panels of the same UMAP, coloured by ``keys[0]`` (cell type) and ``keys[1]`` (batch)."""
+    fig = Figure(figsize=(12, 5))
+    FigureCanvasAgg(fig)
+    fig.suptitle(title)
+    for ax, key in zip(fig.subplots(1, 2), keys, strict=True):
+        labels = obs[key].astype(str).to_numpy()
+        names = sorted(set(labels))
+        for i, name in enumerate(names):
+            mask = labels == name
+            colour = _colour(i, len(names))
+            ax.scatter(*coords[mask].T, s=2, color=colour, label=name, rasterized=True)
+        ax.set(title=f"z_i coloured by {key}", xticks=[], yticks=[])
+        ax.legend(markerscale=4, fontsize="x-small", loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.subplots_adjust(left=0.02, right=0.85, wspace=0.45)
+    return _png(fig)
+
+
+def _colour(i: int, n: int) -> Any:
+    return colormaps["tab20" if n > 10 else "tab10"](i % 20)
