@@ -99,7 +99,7 @@ def integration_metrics(
     keep = _subsample(len(x), max_cells, seed)
     x, types, batch = x[keep], _codes(types[keep]), _codes(batch[keep])
     n_types = types.max() + 1
-    if n_types < 2 or len(x) <= n_types:
+    if not can_score(types):
         raise ValueError(
             f"need at least 2 cell types and more cells than cell types; the {len(x)} scored "
             f"cells hold {n_types} cell type(s)"
@@ -120,6 +120,12 @@ def integration_metrics(
         BIO_WEIGHT * scores["bio_score"] + BATCH_WEIGHT * scores["batch_score"]
     )
     return {key: float(scores[key]) for key in INTEGRATION_KEYS}
+
+
+def can_score(cell_types: np.ndarray) -> bool:
+    """Whether the cells hold what scoring needs: 2 or more types, more cells than types."""
+    n_types = len(np.unique(cell_types))
+    return n_types >= 2 and len(cell_types) > n_types
 
 
 def _validated_embedding(embedding: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from trainables.config import ModelConfig
-from trainables.integration import integration_metrics
+from trainables.integration import can_score, integration_metrics
 from trainables.model import InVAE
 from trainables.schema import config_from_dict
 
@@ -55,7 +55,7 @@ def embedding_integration(
     if bio_codes.shape[1] == 0 or tech_codes.shape[1] == 0:
         return {}
     cell_types, batches = bio_codes[:, 0], tech_codes[:, 0]
-    if len(np.unique(cell_types)) < 2 or len(z_i) <= len(np.unique(cell_types)):
+    if not can_score(cell_types):
         return {}
     return integration_metrics(z_i, cell_types, batches)
 
