@@ -139,3 +139,27 @@ def test_optimizers_have_explicit_weight_decay():
     assert adamw.param_groups[0]["weight_decay"] == cfg.optimizer.adamw_weight_decay
     summary = model_summary(model, [muon, adamw])
     assert sum(summary["n_params_per_optimizer"].values()) == summary["n_params"]
+
+
+def test_one_muon_per_matrix_updates_as_one_muon_over_all_of_them():
+    cfg = TrainConfig(model=ModelConfig(hidden=(32, 16)))
+    torch.manual_seed(0)
+    per_matrix_model = InVAE(N_GENES, N_BIO, N_TECH, cfg.model)
+    shared_model = InVAE(N_GENES, N_BIO, N_TECH, cfg.model)
+    shared_model.load_state_dict(per_matrix_model.state_dict())
+    pairs = list(zip(per_matrix_model.hidden_layers(), shared_model.hidden_layers(), strict=True))
+    before = [a.weight.detach().clone() for a, _ in pairs]
+    per_matrix = build_optimizers(per_matrix_model, cfg)[:-1]
+    assert len(per_matrix) == len(pairs) == 5
+    first = per_matrix[0].param_groups[0]
+    hyper = {k: first[k] for k in ("lr", "weight_decay", "momentum", "nesterov", "adjust_lr_fn")}
+    shared = torch.optim.Muon([b.weight for _, b in pairs], **hyper)
+    for _ in range(3):
+        for a, b in pairs:
+            a.weight.grad = torch.randn_like(a.weight)
+            b.weight.grad = a.weight.grad.clone()
+        for opt in [*per_matrix, shared]:
+            opt.step()
+    for (a, b), initial in zip(pairs, before, strict=True):
+        assert torch.equal(a.weight, b.weight)
+        assert not torch.equal(a.weight, initial)

@@ -32,34 +32,38 @@ def split_parameters(
 
 
 def build_optimizers(model: InVAE, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """Create ``[Muon, AdamW]`` (Muon only if there are hidden layers), hyperparameters explicit.
+    """Create one Muon per Muon matrix, then AdamW; hyperparameters explicit.
 
-    Muon uses ``adjust_lr_fn="match_rms_adamw"`` so that both optimizers share one learning
-    rate and weight decay scale (Liu et al., 2025, "Muon is Scalable for LLM Training"). On a
-    GPU, AdamW is the fused, capturable implementation (one kernel, CUDA-graph safe).
+    Muon updates each matrix on its own (momentum, then a Newton-Schulz iteration of some 30
+    small kernels), so one optimizer per matrix computes what a single Muon over all of them
+    would, bit for bit, and lets a GPU run the matrices' iterations side by side (see
+    ``trainables.step``). Muon uses ``adjust_lr_fn="match_rms_adamw"`` so that both kinds share
+    one learning rate and weight decay scale (Liu et al., 2025, "Muon is Scalable for LLM
+    Training"). On a GPU, AdamW is the fused, capturable implementation (one kernel, CUDA-graph
+    safe).
 
     Args:
         model: The inVAE module, already on its device.
         cfg: Learning rate and the ``optimizer`` section of the training config.
 
     Returns:
-        The optimizers; step all of them after each backward pass.
+        ``[Muon, ..., Muon, AdamW]`` (no Muon without hidden layers); step all of them after
+        each backward pass.
     """
     opt = cfg.optimizer
     muon_params, adamw_params = split_parameters(model, opt.muon_gene_layers)
     on_cuda = next(model.parameters()).device.type == "cuda"
-    optimizers: list[torch.optim.Optimizer] = []
-    if muon_params:
-        optimizers.append(
-            torch.optim.Muon(
-                muon_params,
-                lr=cfg.learning_rate,
-                weight_decay=opt.muon_weight_decay,
-                momentum=opt.muon_momentum,
-                nesterov=True,
-                adjust_lr_fn="match_rms_adamw",
-            )
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.Muon(
+            [param],
+            lr=cfg.learning_rate,
+            weight_decay=opt.muon_weight_decay,
+            momentum=opt.muon_momentum,
+            nesterov=True,
+            adjust_lr_fn="match_rms_adamw",
         )
+        for param in muon_params
+    ]
     optimizers.append(
         torch.optim.AdamW(
             adamw_params,
@@ -74,10 +78,10 @@ def build_optimizers(model: InVAE, cfg: TrainConfig) -> list[torch.optim.Optimiz
 
 def model_summary(model: InVAE, optimizers: list[torch.optim.Optimizer]) -> dict:
     """Describe the model: parameter counts in total and per optimizer, and layer shapes."""
-    per_optimizer = {
-        type(o).__name__: sum(p.numel() for g in o.param_groups for p in g["params"])
-        for o in optimizers
-    }
+    per_optimizer: dict[str, int] = {}
+    for o in optimizers:
+        n = sum(p.numel() for g in o.param_groups for p in g["params"])
+        per_optimizer[type(o).__name__] = per_optimizer.get(type(o).__name__, 0) + n
     return {
         "n_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "n_params_per_optimizer": per_optimizer,

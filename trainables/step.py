@@ -2,9 +2,10 @@
 
 A step of this small model is a few hundred tiny kernels: on a GPU its cost is kernel launches
 and Python, not arithmetic. :class:`GraphedStep` captures forward, backward, gradient clipping
-and both optimizer steps into one CUDA graph and replays it, so a step costs one launch. Graph
-replay runs the same kernels on the same inputs as eager execution, so where a run starts or
-resumes does not change its bits.
+and the optimizer steps into one CUDA graph and replays it, so a step costs one launch. The
+optimizers (one Muon per hidden matrix, AdamW for the rest) step on streams of their own, so
+their small kernels run side by side. Graph replay runs the same kernels on the same inputs as
+eager execution, so where a run starts or resumes does not change its bits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,23 @@ from trainables.model import InVAE, LossTerms
 
 WARMUP_STEPS = 3  # eager steps before capture: optimizer state must exist to be captured
 N_SUMS = 6  # per-epoch accumulators: loss, recon, kl_i, kl_s, indep (cell-weighted), grad_norm
+
+
+_SIDE_STREAMS: dict[torch.device, list[torch.cuda.Stream]] = {}
+
+
+def side_streams(device: torch.device, n: int) -> list[torch.cuda.Stream]:
+    """The first ``n`` of this process's side streams on ``device``, made once and reused.
+
+    cuBLAS gives every stream it runs on a workspace (32 MiB under ``CUBLAS_WORKSPACE_CONFIG``)
+    that lasts as long as the process. Ray reuses a worker process for trial after trial, so
+    each trial taking new streams would add workspaces until torch's pool of 32 streams was used
+    up (measured: 630 MB more GPU memory per process).
+    """
+    streams = _SIDE_STREAMS.setdefault(device, [])
+    while len(streams) < n:
+        streams.append(torch.cuda.Stream(device))
+    return streams[:n]
 
 
 def kl_weight(step: float | Tensor, start: float, end: float, warmup_steps: int) -> float | Tensor:
@@ -92,6 +110,8 @@ class EagerStep:
         self.loss = compiled_loss() if cfg.compile and device.type == "cuda" else minibatch_loss
         self.sums = torch.zeros(N_SUMS, device=device)
         self.step_counter = torch.zeros((), device=device)  # optimizer steps taken, as float
+        on_cuda = device.type == "cuda"
+        self.optimizer_streams = side_streams(device, len(optimizers)) if on_cuda else None
 
     def __call__(self, idx: Tensor, step: int) -> None:
         """Take one step on the cells ``idx`` (the run's ``step``-th optimizer step)."""
@@ -106,11 +126,28 @@ class EagerStep:
             opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = clip_gradients(self.model, cfg.grad_clip)
-        for opt in self.optimizers:
-            opt.step()
+        self._step_optimizers()
         weighted = torch.stack([loss.detach(), *(t.detach() for t in terms)]) * idx.numel()
         self.sums[:5] += weighted
         self.sums[5] += grad_norm
+
+    def _step_optimizers(self) -> None:
+        """Step every optimizer; on a GPU each on its own stream, so their kernels overlap.
+
+        The optimizers update disjoint parameters, and each one's kernels run in its usual
+        order on its stream, so the results are those of stepping them one after another.
+        """
+        if self.optimizer_streams is None:
+            for opt in self.optimizers:
+                opt.step()
+            return
+        main = torch.cuda.current_stream()
+        for opt, stream in zip(self.optimizers, self.optimizer_streams, strict=True):
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                opt.step()
+        for stream in self.optimizer_streams:
+            main.wait_stream(stream)
 
 
 class GraphedStep(EagerStep):
@@ -122,6 +159,12 @@ class GraphedStep(EagerStep):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.graph: torch.cuda.CUDAGraph | None = None
+        # Captured on a stream of this step's choosing, not on torch's one default capture
+        # stream: cuBLAS keys its workspace by stream, so graphs of trainings replayed side by
+        # side in one process must not share streams (measured: they hang;
+        # scripts/bench_streams.py gives each training streams of its own).
+        streams = side_streams(self.tensors[0].device, len(self.optimizers) + 2)
+        self.capture_stream, self.warmup_stream = streams[-2:]
         self.static_idx: Tensor | None = None
         self.eager_steps = 0
 
@@ -129,7 +172,7 @@ class GraphedStep(EagerStep):
         """Take one step: eagerly during warm-up, then by graph replay."""
         if self.graph is None and self.eager_steps < WARMUP_STEPS:
             self.eager_steps += 1
-            side = torch.cuda.Stream()
+            side = self.warmup_stream
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 super().__call__(idx, step)
@@ -146,7 +189,7 @@ class GraphedStep(EagerStep):
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)  # the graph allocates and owns the gradients
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=self.capture_stream):
             self._compute(self.static_idx)
 
 

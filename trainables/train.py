@@ -47,7 +47,7 @@ class RunResult:
     history: list[dict[str, float]]  # one row of METRIC_KEYS per epoch
     fingerprint: dict[str, Any]
     model_state: dict[str, Tensor]  # on the CPU
-    optimizer_states: list[dict[str, Any]]  # on the CPU, [Muon, AdamW]
+    optimizer_states: list[dict[str, Any]]  # on the CPU, [Muon per matrix..., AdamW]
     timing: dict[str, float]
     integration: dict[str, float]  # of z_i on the validation cells, after the last epoch
 
