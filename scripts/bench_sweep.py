@@ -5,11 +5,14 @@ For each packing k, runs a sweep of k trials (pancreas-shape data, default model
 memory per trial, mean GPU utilisation (nvidia-smi) and the driver's overhead:
 
     python scripts/bench_sweep.py --packing 1,2,4,8,16 --epochs 30 --json bench_sweep.json
+    python scripts/bench_sweep.py --packing 4 --trials 16 --epochs 500   # configs/sweep.yaml's
     python scripts/bench_sweep.py --sequential 16 --epochs 30    # overhead, one trial at a time
 
-Overhead: the sweep's wall time minus its trials' training time (the span from the first
-trial's start to the last one's end when trials run together; their sum when they run one at a
-time), as a fraction of the wall time.
+Overhead: the share of the sweep's trial slots not spent training. With k trials at a time
+(k slots) that is 1 - (sum of the trials' training times) / (k x wall time); with one trial at
+a time, the sweep's wall time minus the sum of its trials' training times, over the wall time.
+A trial's training time is the whole of ``train()``: data onto the GPU, compilation and graph
+capture included.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def run_packing(k: int, n_trials: int, epochs: int, storage: Path) -> dict:
         json.loads((folder / t["run_json"]).read_text())["timing"] for t in summary["trials"]
     ]
     span = max(t["finished_unix"] for t in timings) - min(t["started_unix"] for t in timings)
-    busy = span if k > 1 else sum(t["total_s"] for t in timings)
+    slots = min(k, n_trials)
     return {
         "trials_per_gpu": k,
         "trials": n_trials,
@@ -102,22 +105,28 @@ def run_packing(k: int, n_trials: int, epochs: int, storage: Path) -> dict:
         ),
         "gpu_mem_per_trial_mb": statistics.median(t["max_gpu_memory_bytes"] or 0 for t in timings)
         / 2**20,
+        "gpu_mem_max_trial_mb": max(t["max_gpu_memory_bytes"] or 0 for t in timings) / 2**20,
         "gpu_util_mean_pct": statistics.fmean(sampler.samples) if sampler.samples else None,
         "wall_s": wall,
-        "overhead_fraction": (wall - busy) / wall,
+        "outside_training_s": wall - span,  # Ray, worker start, outputs, shutdown
+        "overhead_fraction": 1 - sum(t["total_s"] for t in timings) / (slots * wall),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packing", default="1,2,4,8,16", help="trials per GPU to measure")
+    parser.add_argument("--trials", type=int, default=0, help="trials per sweep (default: k)")
     parser.add_argument("--sequential", type=int, default=0, help="also: N trials, 1 at a time")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
 
     storage = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
-    rows = [run_packing(k, k, args.epochs, storage) for k in map(int, args.packing.split(","))]
+    rows = [
+        run_packing(k, args.trials or k, args.epochs, storage)
+        for k in map(int, args.packing.split(","))
+    ]
     if args.sequential:
         rows.append(run_packing(1, args.sequential, args.epochs, storage))
     shutil.rmtree(storage, ignore_errors=True)
