@@ -39,3 +39,14 @@ def test_resume_on_the_gpu_ends_bit_for_bit(gpu_config, tiny_data, graphs):
 def test_non_deterministic_mode_runs(gpu_config, tiny_data):
     result = train(dataclasses.replace(gpu_config, deterministic=False), tiny_data)
     assert result.seeding["deterministic"] is False and len(result.history) == 4
+
+
+def test_later_trials_in_one_process_need_no_more_gpu_memory(gpu_config, tiny_data):
+    """Ray reuses a worker for trial after trial; each must not add cuBLAS workspaces."""
+    train(gpu_config, tiny_data)
+    peaks = []
+    for _ in range(3):
+        torch.cuda.reset_peak_memory_stats()
+        train(gpu_config, tiny_data)
+        peaks.append(torch.cuda.max_memory_allocated())
+    assert peaks[2] <= peaks[0]
