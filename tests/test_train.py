@@ -63,6 +63,15 @@ def test_resume_from_a_checkpoint_ends_bit_for_bit_like_an_uninterrupted_run(
     assert resumed.timing["epochs_run"] == 2
 
 
+def test_a_checkpoint_with_other_optimizers_is_refused_by_name(tiny_train_config, tiny_data):
+    states = []
+    report = lambda row, state=None: states.append(state)  # noqa: E731
+    train(tiny_train_config, tiny_data, report=report, checkpoint_every=1)
+    older = {**states[0], "optimizers": states[0]["optimizers"][-2:]}  # [Muon over all, AdamW]
+    with pytest.raises(ValueError, match=r"holds 2 optimizer states, but this run has \d+"):
+        train(tiny_train_config, tiny_data, resume=older)
+
+
 def test_gradient_clipping_really_clips():
     model = InVAE(10, 2, 2, tiny_model_config())
     for p in model.parameters():

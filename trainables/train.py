@@ -249,6 +249,14 @@ def restore_state(
     generator: torch.Generator,
 ) -> tuple[int, int, list[dict[str, float]]]:
     """Load a ``training_state`` into model, optimizers and RNGs; return epoch, step, history."""
+    if len(state["optimizers"]) != len(optimizers):
+        names = ", ".join(type(o).__name__ for o in optimizers)
+        raise ValueError(
+            f"the checkpoint holds {len(state['optimizers'])} optimizer states, but this run has "
+            f"{len(optimizers)} optimizers ({names}): it was written by another version of "
+            "invae-sweep (before one Muon per hidden matrix) or for another model; start the "
+            "trial afresh"
+        )
     model.load_state_dict(state["model"])
     for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
         opt.load_state_dict(opt_state)
