@@ -99,7 +99,7 @@ def profile_kernels(data: PreparedData, args, compile_: bool) -> dict[str, objec
     kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     steps = data.train.n_cells // cfg.batch_size
     total_us = sum(e.self_device_time_total for e in kernels)
-    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:6]
+    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[: args.top]
     return {
         "compile": compile_,
         "kernels_per_step": sum(e.count for e in kernels) / steps,
@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--impl", default="ours,ours-nocompile,ours-eager,original")
     parser.add_argument("--modes", default="deterministic,fast")
     parser.add_argument("--profile", action="store_true", help="count kernels per step (CUDA)")
+    parser.add_argument("--top", type=int, default=6, help="kernels listed by the profile")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
