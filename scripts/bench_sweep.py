@@ -1,12 +1,19 @@
 """Packing several inVAE trials per GPU: aggregate throughput, memory, utilisation, overhead.
 
 For each packing k, runs a sweep of k trials (pancreas-shape data, default model) with
-``trials_per_gpu: k`` on one GPU and reports aggregate epochs/s, per-trial s/epoch, peak GPU
-memory per trial, mean GPU utilisation (nvidia-smi) and the driver's overhead:
+``trials_per_gpu: k`` on one GPU, once per process layout asked for (a process per trial, or
+``one_process_per_gpu``), and reports aggregate epochs/s, per-trial s/epoch, GPU memory per
+trial, mean GPU utilisation (nvidia-smi) and the driver's overhead:
 
     python scripts/bench_sweep.py --packing 1,2,4,8,16 --epochs 30 --json bench_sweep.json
     python scripts/bench_sweep.py --packing 4 --trials 16 --epochs 500   # configs/sweep.yaml's
     python scripts/bench_sweep.py --sequential 16 --epochs 30    # overhead, one trial at a time
+
+Aggregate epochs/s: "steady" is trials at a time over the median per-trial s/epoch (epochs after
+the first, which compiles and captures); "span" divides all epochs by the time from the first
+trial's start to the last one's end. GPU memory per trial: nvidia-smi's peak memory in use on
+the GPU (CUDA contexts included) over the trials at a time; torch's peak is per process, so it
+is given per process.
 
 Overhead: the share of the sweep's trial slots not spent training. With k trials at a time
 (k slots) that is 1 - (sum of the trials' training times) / (k x wall time); with one trial at
@@ -36,14 +43,16 @@ CONFIG = Path(__file__).parents[1] / "configs" / "sweep.yaml"
 
 
 class GpuSampler:
-    """Samples nvidia-smi's utilisation (%) of every GPU every 200 ms in a background thread.
+    """Samples nvidia-smi's utilisation (%) and memory in use (MiB) of every GPU every 200 ms.
 
-    ``samples`` pools all GPUs; ``per_gpu[i]`` holds GPU i's samples.
+    ``samples`` pools all GPUs' utilisation; ``per_gpu[i]`` holds GPU i's; ``memory_mb`` the
+    largest memory in use on any GPU.
     """
 
     def __init__(self):
         self.samples: list[float] = []
         self.per_gpu: dict[int, list[float]] = {}
+        self.memory_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -58,18 +67,27 @@ class GpuSampler:
     def _run(self):
         while not self._stop.wait(0.2):
             out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                ],
                 capture_output=True,
                 text=True,
             )
             if out.returncode == 0 and out.stdout.strip():
-                for gpu, value in enumerate(out.stdout.split()):
-                    self.samples.append(float(value))
-                    self.per_gpu.setdefault(gpu, []).append(float(value))
+                for gpu, line in enumerate(out.stdout.strip().splitlines()):
+                    utilisation, memory = (float(v) for v in line.split(","))
+                    self.samples.append(utilisation)
+                    self.per_gpu.setdefault(gpu, []).append(utilisation)
+                    self.memory_mb = max(self.memory_mb, memory)
 
 
-def run_packing(k: int, n_trials: int, epochs: int, storage: Path) -> dict:
-    """One sweep of ``n_trials`` trials with at most ``k`` per GPU; return its figures."""
+def run_packing(k: int, n_trials: int, epochs: int, storage: Path, process: str) -> dict:
+    """One sweep of ``n_trials`` trials with at most ``k`` per GPU; return its figures.
+
+    ``process``: "per-trial" or "per-gpu" (``resources.one_process_per_gpu``).
+    """
     overrides = {
         "seeds": list(range(n_trials)),
         "replicates": 1,
@@ -78,10 +96,11 @@ def run_packing(k: int, n_trials: int, epochs: int, storage: Path) -> dict:
         "train.n_epochs": epochs,
         "resources.trials_per_gpu": k,
         "resources.cpus_per_trial": 0.5,
+        "resources.one_process_per_gpu": process == "per-gpu",
         "checkpoint_every": 0,
         "wandb.mode": "disabled",
         "outputs.best_n": 0,
-        "name": f"pack-{k}-{n_trials}",
+        "name": f"pack-{k}-{n_trials}-{process}",
         "storage_path": str(storage),
     }
     sweep = load_sweep(CONFIG, overrides)
@@ -95,17 +114,19 @@ def run_packing(k: int, n_trials: int, epochs: int, storage: Path) -> dict:
     ]
     span = max(t["finished_unix"] for t in timings) - min(t["started_unix"] for t in timings)
     slots = min(k, n_trials)
+    per_trial = statistics.median(
+        statistics.median(t["epoch_s"][1:] or t["epoch_s"]) for t in timings
+    )
     return {
+        "process": process,
         "trials_per_gpu": k,
         "trials": n_trials,
         "completed": summary["n_completed"],
-        "aggregate_epochs_per_s": n_trials * epochs / span,
-        "per_trial_s_per_epoch": statistics.median(
-            statistics.median(t["epoch_s"][1:] or t["epoch_s"]) for t in timings
-        ),
-        "gpu_mem_per_trial_mb": statistics.median(t["max_gpu_memory_bytes"] or 0 for t in timings)
-        / 2**20,
-        "gpu_mem_max_trial_mb": max(t["max_gpu_memory_bytes"] or 0 for t in timings) / 2**20,
+        "steady_epochs_per_s": slots / per_trial,
+        "span_epochs_per_s": n_trials * epochs / span,
+        "per_trial_s_per_epoch": per_trial,
+        "gpu_mem_per_trial_mb": sampler.memory_mb / slots,
+        "torch_peak_per_process_mb": max(t["max_gpu_memory_bytes"] or 0 for t in timings) / 2**20,
         "gpu_util_mean_pct": statistics.fmean(sampler.samples) if sampler.samples else None,
         "wall_s": wall,
         "outside_training_s": wall - span,  # Ray, worker start, outputs, shutdown
@@ -119,16 +140,20 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=0, help="trials per sweep (default: k)")
     parser.add_argument("--sequential", type=int, default=0, help="also: N trials, 1 at a time")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument(
+        "--process", default="per-trial", help="per-trial, per-gpu or per-trial,per-gpu"
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
 
     storage = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     rows = [
-        run_packing(k, args.trials or k, args.epochs, storage)
+        run_packing(k, args.trials or k, args.epochs, storage, process)
+        for process in args.process.split(",")
         for k in map(int, args.packing.split(","))
     ]
     if args.sequential:
-        rows.append(run_packing(1, args.sequential, args.epochs, storage))
+        rows.append(run_packing(1, args.sequential, args.epochs, storage, "per-trial"))
     shutil.rmtree(storage, ignore_errors=True)
 
     print(

@@ -120,3 +120,28 @@ def replicates_over_nodes(resources: dict[str, float]) -> Callable | None:
         )
 
     return pinned
+
+
+def start_training_hosts(n_gpus: int, slots: int, data: Any) -> list[Any]:
+    """One ``RayTrainingHost`` actor per GPU (one in all without GPUs), ``slots`` trainings each.
+
+    Ray places each host on a GPU of its own, on whichever node has one. A host that dies is
+    restarted by Ray; its trials fail and are retried like any failed trial.
+
+    Args:
+        n_gpus: GPUs of the sweep.
+        slots: Trials one host trains at once.
+        data: Data shared by every trial (an object reference to a ``PreparedData``), or
+            None. Keep the reference while the hosts live: a restarted host reads it again.
+    """
+    import ray
+
+    from trainables.ray_trainable import RayTrainingHost
+
+    actor = ray.remote(RayTrainingHost).options(
+        num_cpus=0,  # the trials' own CPUs are reserved by their (waiting) Tune workers
+        num_gpus=1 if n_gpus else 0,
+        max_concurrency=2 * slots + 4,  # each trial waits in take() on one thread
+        max_restarts=-1,
+    )
+    return [actor.remote(slots, data) for _ in range(max(n_gpus, 1))]

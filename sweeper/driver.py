@@ -15,7 +15,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sweeper.cluster import connect, gpus_per_trial, replicates_over_nodes, worker_env
+from sweeper.cluster import (
+    connect,
+    gpus_per_trial,
+    replicates_over_nodes,
+    start_training_hosts,
+    worker_env,
+)
 from sweeper.results import SUMMARY_FILE, collect_results, write_spec_record
 from sweeper.search import expand_trials, param_space, searched_values
 from sweeper.spec import LoadedSweep, SweepError
@@ -106,6 +112,8 @@ def run_sweep(
     """
     import ray
 
+    from trainables.data import prepare_data
+
     folder = sweep_dir(sweep)
     check_wandb(sweep)
     _check_folder(folder, options.resume)
@@ -113,6 +121,7 @@ def run_sweep(
     # driver died is not run again on --resume (Tune's default throttles saves to >= 10 s).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     n_gpus, n_cpus, started = connect(options, worker_env(sweep))
+    hosts: list[Any] = []
     try:
         if len([n for n in ray.nodes() if n["Alive"]]) > 1:
             folder.check_visible_from_all_nodes()
@@ -121,14 +130,39 @@ def run_sweep(
         resources = {"cpu": sweep.spec.resources.cpus_per_trial, "gpu": gpu}
         if options.spread_replicates:
             resources = replicates_over_nodes(resources) or resources
+        # Data are prepared once and shipped through the object store, unless the sweep
+        # searches data keys: then each trial prepares its own (cached on disk).
+        shared = None if sweep.spec.searched_data_keys() else prepare_data(sweep.data)
+        if sweep.spec.resources.one_process_per_gpu:
+            if callable(resources):
+                raise SweepError(
+                    "resources.one_process_per_gpu runs a GPU's trials in one process, so "
+                    "replicates cannot be pinned to nodes: audit across nodes with one process "
+                    "per trial"
+                )
+            slots = round(1 / gpu) if gpu else _trials_per_host(sweep)
+            shared = ray.put(shared) if shared is not None else None  # held while hosts live
+            hosts = start_training_hosts(n_gpus, slots, shared)
+            resources = {**resources, "gpu": 0}  # the trial's worker only relays; its host trains
+            gpu = 1 / slots
         placement = (n_gpus, gpu, resources)
-        tuner = _make_tuner(sweep, folder, placement, options.resume, list(extra_callbacks))
+        tuner = _make_tuner(
+            sweep, folder, placement, (shared, hosts), options.resume, list(extra_callbacks)
+        )
         grid = tuner.fit()
         summary = collect_results(sweep, folder, grid)
         return publish_outputs(sweep, folder, summary)
     finally:
+        for host in hosts:
+            ray.kill(host)
         if started:
             ray.shutdown()
+
+
+def _trials_per_host(sweep: LoadedSweep) -> int:
+    from sweeper.cluster import DEFAULT_TRIALS_PER_GPU
+
+    return sweep.spec.resources.trials_per_gpu or DEFAULT_TRIALS_PER_GPU
 
 
 def publish_outputs(sweep: LoadedSweep, folder: SweepFolder, summary: dict) -> dict:
@@ -168,6 +202,7 @@ def _make_tuner(
     sweep: LoadedSweep,
     folder: SweepFolder,
     placement: tuple[int, float, Any],
+    shared: tuple[Any, list[Any]],
     resume: bool,
     callbacks: list[Any],
 ):
@@ -175,20 +210,18 @@ def _make_tuner(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from trainables.data import prepare_data
     from trainables.ray_trainable import tune_trainable
 
     spec = sweep.spec
-    # Data are prepared once and shipped through the object store, unless the sweep searches
-    # data keys: then each trial prepares its own (cached on disk, so once per distinct value).
-    shared = None if spec.searched_data_keys() else prepare_data(sweep.data)
+    data, hosts = shared  # data prepared once (or None), training hosts (or none)
     trainable = tune.with_parameters(
         tune_trainable,
         base_train=config_to_dict(sweep.train),
         base_data=config_to_dict(sweep.data),
-        data=shared,
+        data=None if hosts else data,  # hosts hold it already
         checkpoint_every=spec.checkpoint_every,
         storage=folder.location,
+        hosts=hosts or None,
     )
     # GPUs to use, a trial's GPU share, its resources (a dict, or a callable of its config)
     n_gpus, gpu, resources = placement
@@ -211,8 +244,8 @@ def _make_tuner(
             reduction_factor=spec.scheduler.reduction_factor,
         )
     max_concurrent = spec.max_concurrent_trials
-    if gpu and n_gpus:  # never more concurrent trials than the GPUs asked for can hold
-        max_concurrent = min(max_concurrent or 10**9, math.floor(n_gpus / gpu + 1e-9))
+    if gpu and (n_gpus or hosts):  # never more concurrent trials than the GPUs can hold
+        max_concurrent = min(max_concurrent or 10**9, math.floor(max(n_gpus, 1) / gpu + 1e-9))
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -222,11 +255,13 @@ def _make_tuner(
             metric=spec.metric if scheduler else None,
             mode=spec.mode if scheduler else None,
             num_samples=spec.num_samples,
+            # Tune ignores max_concurrent_trials with a variant generator: the limit goes here.
             search_alg=BasicVariantGenerator(
-                constant_grid_search=True, random_state=spec.searcher_seed
+                constant_grid_search=True,
+                random_state=spec.searcher_seed,
+                max_concurrent=max_concurrent or 0,
             ),
             scheduler=scheduler,
-            max_concurrent_trials=max_concurrent,
             reuse_actors=True,  # no process start, imports or CUDA context per trial
         ),
         run_config=tune.RunConfig(

@@ -38,11 +38,19 @@ SWEEP_METRICS: tuple[str, ...] = (*METRIC_KEYS[1:], *INTEGRATION_KEYS)
 
 @dataclass(frozen=True)
 class ResourcesSpec:
-    """Per-trial resources. Give ``gpus_per_trial`` or ``trials_per_gpu``, not both."""
+    """Per-trial resources. Give ``gpus_per_trial`` or ``trials_per_gpu``, not both.
+
+    ``one_process_per_gpu`` runs the trials that share a GPU in one process per GPU, side by
+    side on CUDA streams of their own, instead of a process per trial: kernels of one process
+    overlap, those of several processes take turns (``docs/performance.md``). Every trial keeps
+    the bits it has in a process of its own. Its trials must share ``deterministic`` and
+    ``cpu_threads``, which torch keeps per process.
+    """
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # explicit fraction or count of GPUs per trial
     trials_per_gpu: int | None = None  # at most this many trials share one GPU
+    one_process_per_gpu: bool = False
 
     def __post_init__(self):
         if self.cpus_per_trial <= 0:
@@ -53,6 +61,11 @@ class ResourcesSpec:
             raise ConfigError("gpus_per_trial", f"got {self.gpus_per_trial!r}; allowed: > 0")
         if self.trials_per_gpu is not None and self.trials_per_gpu < 1:
             raise ConfigError("trials_per_gpu", f"got {self.trials_per_gpu!r}; allowed: >= 1")
+        if self.one_process_per_gpu and self.gpus_per_trial is not None:
+            raise ConfigError(
+                "one_process_per_gpu",
+                "a GPU's trials share its process: give trials_per_gpu, not gpus_per_trial",
+            )
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,13 @@ class SweepSpec:
             )
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ConfigError("max_concurrent_trials", "allowed: an integer >= 1, or null")
+        per_process = [k for k in self.search if k in ("train.deterministic", "train.cpu_threads")]
+        if self.resources.one_process_per_gpu and per_process:
+            raise ConfigError(
+                f"search.{per_process[0]}",
+                "torch keeps it per process, and with resources.one_process_per_gpu trials "
+                "share a process: search it with one process per trial",
+            )
 
     @property
     def n_variants(self) -> int:

@@ -50,3 +50,42 @@ def test_later_trials_in_one_process_need_no_more_gpu_memory(gpu_config, tiny_da
         train(gpu_config, tiny_data)
         peaks.append(torch.cuda.max_memory_allocated())
     assert peaks[2] <= peaks[0]
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_trainings_side_by_side_in_one_process_keep_their_bits(gpu_config, tiny_data, graphs):
+    """Eight trainings at once on one GPU (threads, streams of their own) end as alone."""
+    from trainables.host import TrainingHost
+
+    cfg = dataclasses.replace(gpu_config, cuda_graphs=graphs, n_epochs=6)
+    configs = {f"t{i}": dataclasses.replace(cfg, seed=i % 3) for i in range(8)}
+    host = TrainingHost(slots=8, data=tiny_data)
+    for key, c in configs.items():
+        assert host.start(key, c, None, checkpoint_every=3)
+    results = {}
+    while len(results) < len(configs):
+        for key in set(configs) - set(results):
+            for item in host.take(key, timeout=0.1):
+                if item[0] != "epoch":
+                    assert item[0] == "done", item
+                    results[key] = item[1]
+    for seed in range(3):
+        alone = train(dataclasses.replace(cfg, seed=seed), tiny_data).fingerprint
+        for key, c in configs.items():
+            if c.seed == seed:
+                assert results[key].fingerprint == alone, key
+
+
+def test_a_checkpoint_taken_beside_other_trainings_resumes_bit_for_bit(gpu_config, tiny_data):
+    from trainables.host import TrainingHost
+
+    cfg = dataclasses.replace(gpu_config, n_epochs=6)
+    host = TrainingHost(slots=4, data=tiny_data)
+    for i in range(4):
+        seed = cfg.seed + i  # t0 is cfg
+        host.start(f"t{i}", dataclasses.replace(cfg, seed=seed), None, checkpoint_every=3)
+    states = []
+    while not states:
+        states = [it[2] for it in host.take("t0") if it[0] == "epoch" and it[2] is not None]
+    resumed = train(cfg, tiny_data, resume=states[0])
+    assert resumed.fingerprint == train(cfg, tiny_data).fingerprint

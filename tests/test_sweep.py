@@ -1,6 +1,7 @@
 """End-to-end sweeps on a shared, module-scoped Ray (2 CPUs, 4 fake GPUs)."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -11,6 +12,8 @@ from ray import tune
 
 from sweeper.driver import DriverOptions, apply_options, run_sweep
 from sweeper.spec import load_sweep
+from trainables.data import prepare_data
+from trainables.train import train
 
 pytestmark = pytest.mark.ray
 
@@ -89,26 +92,39 @@ def test_fake_gpus_spread_trials_over_gpus_and_train_on_cpu(ray_session, tmp_pat
     assert all(r["model"]["device"] == "cpu" for r in records.values())
 
 
-class KillFirstReplicateOnce(tune.Callback):
-    """Kill replicate 0's process at epoch 3, once (after its checkpoint at epoch 2)."""
+class KillReplicateZerosProcessOnce(tune.Callback):
+    """Kill the process training replicate 0 at its epoch 3 (after its checkpoint), once.
+
+    That is the trial's worker, or with ``one_process_per_gpu`` its GPU's training process.
+    """
 
     def __init__(self):
-        self.killed = False
+        self.pid, self.killed = None, False
 
     def on_trial_result(self, iteration, trials, trial, result):
-        if not self.killed and trial.config["replicate"] == 0 and result["training_iteration"] == 3:
+        if trial.config["replicate"] != 0:
+            return
+        if isinstance(result.get("node"), dict):  # in a trial's first result
+            self.pid = result["node"]["pid"]
+        if not self.killed and result["training_iteration"] == 3:
             self.killed = True
-            os.kill(result["pid"], signal.SIGKILL)
+            os.kill(self.pid, signal.SIGKILL)
 
 
-def test_killed_trial_resumes_from_checkpoint_and_ends_bit_for_bit(ray_session, tmp_path):
-    sweep = smoke_sweep(tmp_path, "kill", seeds=[0], **{"train.n_epochs": 6})
-    killer = KillFirstReplicateOnce()
-    summary = run_sweep(sweep, DriverOptions(gpus=0), extra_callbacks=[killer])
+@pytest.mark.parametrize("one_process_per_gpu", [False, True])
+def test_killed_training_process_resumes_from_checkpoint_and_ends_bit_for_bit(
+    ray_session, tmp_path, one_process_per_gpu
+):
+    overrides = {"seeds": [0], "train.n_epochs": 6}
+    if one_process_per_gpu:  # it trains ahead of what the driver has seen: give it time
+        overrides.update({"train.n_epochs": 40, "resources.one_process_per_gpu": True})
+    sweep = smoke_sweep(tmp_path, "kill", **{"resources.trials_per_gpu": 2, **overrides})
+    killer = KillReplicateZerosProcessOnce()
+    summary = run_sweep(sweep, DriverOptions(gpus=1), extra_callbacks=[killer])
     assert killer.killed
     first, second = sorted(summary["trials"], key=lambda t: t["replicate"])
     assert first["status"] == second["status"] == "completed"
-    assert first["restored"] and not second["restored"]
+    assert first["restored"]
     assert first["fingerprint"] == second["fingerprint"]
 
 
@@ -129,6 +145,29 @@ def test_a_trial_that_keeps_failing_is_errored_with_its_reason(ray_session, tmp_
     assert bad["status"] == "errored" and bad["run_json"] is None
     assert "non-finite loss" in bad["error"]
     assert summary["best_trial"] == by_rate[1.0e-3]["trial_id"]
+
+
+def shared_process_sweep(tmp_path, name, **overrides):
+    return smoke_sweep(
+        tmp_path,
+        name,
+        **{"resources.one_process_per_gpu": True, "resources.trials_per_gpu": 2, **overrides},
+    )
+
+
+def test_one_process_per_gpu_trains_side_by_side_with_the_bits_of_a_lone_run(ray_session, tmp_path):
+    sweep = shared_process_sweep(tmp_path, "shared")
+    summary = run_sweep(sweep, DriverOptions(gpus=2))
+    assert summary["n_completed"] == 4
+    records = run_records(tmp_path / "shared", summary)
+    pids = [r["trial"]["node"]["pid"] for r in records.values()]
+    assert len(set(pids)) <= 2 < len(pids)  # one process per (fake) GPU trained its trials
+    assert all(len(r["trial"]["node"]["gpu_ids"]) == 1 for r in records.values())
+    data = prepare_data(sweep.data)
+    for seed in (0, 1):
+        alone = train(dataclasses.replace(sweep.train, seed=seed), data).fingerprint
+        alone = {k: alone[k] for k in ("weights", "optimizer", "metrics")}
+        assert [t["fingerprint"] for t in summary["trials"] if t["seed"] == seed] == [alone] * 2
 
 
 def test_storage_given_as_a_uri_goes_through_pyarrow(ray_session, tmp_path, monkeypatch):

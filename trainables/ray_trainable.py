@@ -1,14 +1,19 @@
 """The Ray Tune adapter: a trial config -> validated configs -> ``train(report=tune.report)``.
 
-Everything else a trial does lives in plain functions that run without Ray.
+A trial trains in its own process, or, where the sweep runs one process per GPU, asks that
+GPU's :class:`TrainingHost` actor to train it beside the GPU's other trials and relays what the
+host reports. Everything else a trial does lives in plain functions that run without Ray.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import socket
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +32,15 @@ from trainables.constants import (
     TUNE_TRAIN,
 )
 from trainables.files import atomic_torch_save, load_torch, storage_filesystem
+from trainables.host import TrainingHost
 from trainables.prepared import PreparedData
 from trainables.provenance import get_environment_info
 from trainables.run_record import final_result, write_run
 from trainables.schema import config_from_dict, config_to_dict, flatten_dict
-from trainables.train import train
+from trainables.train import Report, RunResult, train
+
+HOST_WAIT_S = 5.0
+"""How long a trial waits for a free slot on a training host before it takes one beyond."""
 
 
 def trial_configs(
@@ -50,9 +59,10 @@ def trial_configs(
 
 
 def node_info() -> dict[str, Any]:
-    """Where this trial runs: hostname, IP, Ray node id and the GPU ids Ray assigned."""
+    """Where this trial runs: hostname, IP, Ray node id, the GPU ids Ray assigned, process id."""
     return {
         "hostname": socket.gethostname(),
+        "pid": os.getpid(),
         "ip": ray.util.get_node_ip_address(),
         "node_id": ray.get_runtime_context().get_node_id(),
         "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
@@ -82,6 +92,61 @@ def earlier_record(storage: str | None) -> dict[str, Any] | None:
     return record if same_trial and synced else None
 
 
+class RayTrainingHost(TrainingHost):
+    """A :class:`TrainingHost` that can say where it runs (a Ray actor, one per GPU)."""
+
+    def where(self) -> dict[str, Any]:
+        """Hostname, IP, Ray node id and GPU ids of this host."""
+        return node_info()
+
+
+def start_on_host(hosts: list[Any], args: tuple) -> tuple[Any, str]:
+    """Start a training on the least busy of ``hosts`` (``RayTrainingHost`` actors).
+
+    Tune runs no more trials at once than the hosts have slots, so a free slot is normally
+    there; a full host means a training of a dead trial worker still holds it (until the host
+    finds it orphaned). After ``HOST_WAIT_S`` the training starts beyond the slots.
+
+    Args:
+        hosts: The sweep's hosts, one per GPU.
+        args: ``TrainingHost.start``'s arguments after the key.
+
+    Returns:
+        The host and the training's key there.
+    """
+    key = f"{tune.get_context().get_trial_id()}-{uuid.uuid4().hex[:8]}"  # one per attempt
+    deadline = time.monotonic() + HOST_WAIT_S
+    while True:
+        loads = ray.get([host.running.remote() for host in hosts])
+        order = sorted(range(len(hosts)), key=loads.__getitem__)
+        for i in order:
+            if ray.get(hosts[i].start.remote(key, *args)):
+                return hosts[i], key
+        if time.monotonic() > deadline:
+            ray.get(hosts[order[0]].start.remote(key, *args, beyond_slots=True))
+            return hosts[order[0]], key
+        time.sleep(0.5)
+
+
+def relay(host: Any, key: str, report: Report) -> RunResult:
+    """Pass training ``key``'s epochs on ``host`` to ``report``; return its result.
+
+    Raises:
+        Exception: What the training raised.
+    """
+    try:
+        while True:
+            for item in ray.get(host.take.remote(key)):
+                if item[0] == "epoch":
+                    report(*item[1:])
+                elif item[0] == "done":
+                    return item[1]
+                else:
+                    raise item[1]
+    finally:  # stopped, failed or done: free the slot (a no-op once the training has ended)
+        host.cancel.remote(key)
+
+
 def tune_trainable(
     config: dict[str, Any],
     base_train: dict[str, Any],
@@ -89,6 +154,7 @@ def tune_trainable(
     data: PreparedData | None = None,
     checkpoint_every: int = 0,
     storage: str | None = None,
+    hosts: list[Any] | None = None,
 ) -> None:
     """Run one trial: train, report every epoch, checkpoint, write run.json + model.pt.
 
@@ -100,6 +166,7 @@ def tune_trainable(
             (through the on-disk cache).
         checkpoint_every: Report a resumable checkpoint every this many epochs (0: never).
         storage: The sweep folder (path or URI), where an earlier attempt's run.json would be.
+        hosts: ``RayTrainingHost`` actors, one per GPU, to train on (None: train here).
     """
     train_cfg, data_cfg, replicate = trial_configs(config, base_train, base_data)
     tags = {"seed": train_cfg.seed, TUNE_REPLICATE: replicate}
@@ -112,7 +179,10 @@ def tune_trainable(
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = load_torch(Path(folder) / CHECKPOINT_FILE, weights_only=False)
-    node = node_info()
+    host = None
+    if hosts:
+        host, key = start_on_host(hosts, (train_cfg, data_cfg, checkpoint_every, resume))
+    node = ray.get(host.where.remote()) if host else node_info()
     run_config = {"train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg)}
     first = {RUN_CONFIG: run_config, "node": node, **get_environment_info()}  # W&B config
 
@@ -126,12 +196,15 @@ def tune_trainable(
             atomic_torch_save(state, Path(folder) / CHECKPOINT_FILE)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    result = train(
-        train_cfg,
-        data if data is not None else data_cfg,
-        report=report,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-    )
+    if host:
+        result = relay(host, key, report)
+    else:
+        result = train(
+            train_cfg,
+            data if data is not None else data_cfg,
+            report=report,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
     trial = {"trial_id": tune.get_context().get_trial_id(), TUNE_REPLICATE: replicate, "node": node}
     write_run(result, Path.cwd(), data_cfg, extra={"trial": trial})

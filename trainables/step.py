@@ -13,28 +13,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from trainables.concurrency import Lane, drawing_from
 from trainables.config import TrainConfig
 from trainables.model import InVAE, LossTerms
 
 WARMUP_STEPS = 3  # eager steps before capture: optimizer state must exist to be captured
 N_SUMS = 6  # per-epoch accumulators: loss, recon, kl_i, kl_s, indep (cell-weighted), grad_norm
-
-
-_SIDE_STREAMS: dict[torch.device, list[torch.cuda.Stream]] = {}
-
-
-def side_streams(device: torch.device, n: int) -> list[torch.cuda.Stream]:
-    """The first ``n`` of this process's side streams on ``device``, made once and reused.
-
-    cuBLAS gives every stream it runs on a workspace (32 MiB under ``CUBLAS_WORKSPACE_CONFIG``)
-    that lasts as long as the process. Ray reuses a worker process for trial after trial, so
-    each trial taking new streams would add workspaces until torch's pool of 32 streams was used
-    up (measured: 630 MB more GPU memory per process).
-    """
-    streams = _SIDE_STREAMS.setdefault(device, [])
-    while len(streams) < n:
-        streams.append(torch.cuda.Stream(device))
-    return streams[:n]
 
 
 def kl_weight(step: float | Tensor, start: float, end: float, warmup_steps: int) -> float | Tensor:
@@ -96,6 +80,8 @@ class EagerStep:
         optimizers: Stepped in order after each backward pass.
         tensors: Full training ``(counts, bio, tech)`` on the device.
         cfg: Loss weights, β schedule and gradient clipping.
+        lane: The training's streams (``trainables.concurrency``).
+        noise: The training's generator for dropout and the reparameterisation noise.
     """
 
     def __init__(
@@ -104,19 +90,23 @@ class EagerStep:
         optimizers: list[torch.optim.Optimizer],
         tensors: tuple[Tensor, Tensor, Tensor],
         cfg: TrainConfig,
+        lane: Lane,
+        noise: torch.Generator,
     ):
         self.model, self.optimizers, self.tensors, self.cfg = model, optimizers, tensors, cfg
+        self.lane, self.noise = lane, noise
         device = tensors[0].device
         self.loss = compiled_loss() if cfg.compile and device.type == "cuda" else minibatch_loss
         self.sums = torch.zeros(N_SUMS, device=device)
         self.step_counter = torch.zeros((), device=device)  # optimizer steps taken, as float
         on_cuda = device.type == "cuda"
-        self.optimizer_streams = side_streams(device, len(optimizers)) if on_cuda else None
+        self.optimizer_streams = lane.optimizer_streams(len(optimizers)) if on_cuda else None
 
     def __call__(self, idx: Tensor, step: int) -> None:
         """Take one step on the cells ``idx`` (the run's ``step``-th optimizer step)."""
         self.step_counter.fill_(step)
-        self._compute(idx)
+        with drawing_from(self.noise):
+            self._compute(idx)
 
     def _compute(self, idx: Tensor) -> None:
         cfg = self.cfg
@@ -159,12 +149,6 @@ class GraphedStep(EagerStep):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.graph: torch.cuda.CUDAGraph | None = None
-        # Captured on a stream of this step's choosing, not on torch's one default capture
-        # stream: cuBLAS keys its workspace by stream, so graphs of trainings replayed side by
-        # side in one process must not share streams (measured: they hang;
-        # scripts/bench_streams.py gives each training streams of its own).
-        streams = side_streams(self.tensors[0].device, len(self.optimizers) + 2)
-        self.capture_stream, self.warmup_stream = streams[-2:]
         self.static_idx: Tensor | None = None
         self.eager_steps = 0
 
@@ -172,7 +156,7 @@ class GraphedStep(EagerStep):
         """Take one step: eagerly during warm-up, then by graph replay."""
         if self.graph is None and self.eager_steps < WARMUP_STEPS:
             self.eager_steps += 1
-            side = self.warmup_stream
+            side = self.lane.warmup
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 super().__call__(idx, step)
@@ -189,7 +173,15 @@ class GraphedStep(EagerStep):
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)  # the graph allocates and owns the gradients
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=self.capture_stream):
+        # Captured on the lane's stream, not torch's one default capture stream, which graphs of
+        # trainings replayed side by side would share (measured: they hang). Thread-local
+        # capture lets the process's other trainings go on working meanwhile.
+        with (
+            drawing_from(self.noise),
+            torch.cuda.graph(
+                self.graph, stream=self.lane.capture, capture_error_mode="thread_local"
+            ),
+        ):
             self._compute(self.static_idx)
 
 
@@ -198,8 +190,10 @@ def make_step(
     optimizers: list[torch.optim.Optimizer],
     tensors: tuple[Tensor, Tensor, Tensor],
     cfg: TrainConfig,
+    lane: Lane,
+    noise: torch.Generator,
 ) -> EagerStep:
     """A graphed step on CUDA when ``cfg.cuda_graphs`` is set, else an eager one."""
     on_cuda = tensors[0].device.type == "cuda"
     cls = GraphedStep if on_cuda and cfg.cuda_graphs else EagerStep
-    return cls(model, optimizers, tensors, cfg)
+    return cls(model, optimizers, tensors, cfg, lane, noise)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trainables.concurrency import PROCESS_LOCK, Lane, fork_default_generator, lane
 from trainables.config import DataConfig, TrainConfig
 from trainables.data import prepare_data
 from trainables.fingerprint import fingerprint
@@ -24,7 +25,7 @@ from trainables.model import InVAE, LossTerms
 from trainables.optim import build_optimizers, model_summary
 from trainables.prepared import PreparedData, Split
 from trainables.provenance import get_environment_info
-from trainables.seeding import rng_state, set_rng_state, set_seed, torch_generator
+from trainables.seeding import set_seed, torch_generator
 from trainables.step import EagerStep, kl_weight, make_step
 
 # report(metrics) every epoch; report(metrics, state) on checkpoint epochs.
@@ -101,21 +102,39 @@ def train(
     Raises:
         NonFiniteLossError: A loss became NaN or infinite.
     """
-    started, started_unix = time.perf_counter(), time.time()
+    started = time.perf_counter(), time.time()
     prepared = data if isinstance(data, PreparedData) else prepare_data(data)
-    seeding = set_seed(train_cfg.seed, train_cfg.deterministic, train_cfg.cpu_threads)
     device = resolve_device(train_cfg.device)
+    with lane(device) as streams:
+        return _train(
+            train_cfg, prepared, device, streams, report, checkpoint_every, resume, started
+        )
+
+
+def _train(
+    train_cfg: TrainConfig,
+    prepared: PreparedData,
+    device: torch.device,
+    streams: Lane,
+    report: Report | None,
+    checkpoint_every: int,
+    resume: dict[str, Any] | None,
+    started: tuple[float, float],  # perf_counter, Unix time
+) -> RunResult:
+    with PROCESS_LOCK:  # the global RNGs: parameters are drawn from them
+        seeding = set_seed(train_cfg.seed, train_cfg.deterministic, train_cfg.cpu_threads)
+        model = InVAE(prepared.n_genes, prepared.n_bio, prepared.n_tech, train_cfg.model)
+        model = model.to(device)
+        noise = fork_default_generator(device)
     train_set = DeviceSplit.from_split(prepared.train, device)
     val_set = DeviceSplit.from_split(prepared.val, device)
-    model = InVAE(prepared.n_genes, prepared.n_bio, prepared.n_tech, train_cfg.model).to(device)
     optimizers = build_optimizers(model, train_cfg)
     generator = torch_generator(train_cfg.seed, device)
-    step_fn = make_step(
-        model, optimizers, (train_set.counts, train_set.bio, train_set.tech), train_cfg
-    )
+    tensors = (train_set.counts, train_set.bio, train_set.tech)
+    step_fn = make_step(model, optimizers, tensors, train_cfg, streams, noise)
     epoch, step, history = 0, 0, []
     if resume is not None:
-        epoch, step, history = restore_state(resume, model, optimizers, generator)
+        epoch, step, history = restore_state(resume, model, optimizers, generator, noise)
 
     epoch_seconds, integration = [], {}
     while epoch < train_cfg.n_epochs:
@@ -133,7 +152,8 @@ def train(
             )
             row = {**row, **integration}
         if report is not None and checkpoint_every and epoch % checkpoint_every == 0:
-            report(row, training_state(epoch, step, model, optimizers, generator, history))
+            state = training_state(epoch, step, model, optimizers, generator, noise, history)
+            report(row, state)
         elif report is not None:
             report(row)
 
@@ -151,12 +171,13 @@ def train(
         model_state=model_state,
         optimizer_states=optimizer_states,
         timing={
-            "total_s": time.perf_counter() - started,
-            "started_unix": started_unix,
+            "total_s": time.perf_counter() - started[0],
+            "started_unix": started[1],
             "finished_unix": time.time(),
             "epochs_run": len(epoch_seconds),
             "mean_epoch_s": sum(epoch_seconds) / max(len(epoch_seconds), 1),
             "epoch_s": epoch_seconds,  # the first includes CUDA-graph capture and compilation
+            # of the whole process: trainings running beside this one count too
             "max_gpu_memory_bytes": (
                 torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
             ),
@@ -228,6 +249,7 @@ def training_state(
     model: InVAE,
     optimizers: list[torch.optim.Optimizer],
     generator: torch.Generator,
+    noise: torch.Generator,
     history: list[dict[str, float]],
 ) -> dict[str, Any]:
     """Everything needed to continue a run bit-for-bit after ``epoch`` epochs."""
@@ -237,7 +259,7 @@ def training_state(
         "model": _to_cpu(model.state_dict()),
         "optimizers": [_to_cpu(o.state_dict()) for o in optimizers],
         "shuffle_generator": generator.get_state(),
-        "rng": rng_state(),
+        "noise_generator": noise.get_state(),
         "history": [dict(row) for row in history],
     }
 
@@ -247,8 +269,9 @@ def restore_state(
     model: InVAE,
     optimizers: list[torch.optim.Optimizer],
     generator: torch.Generator,
+    noise: torch.Generator,
 ) -> tuple[int, int, list[dict[str, float]]]:
-    """Load a ``training_state`` into model, optimizers and RNGs; return epoch, step, history."""
+    """Load a ``training_state`` into the run; return its epoch, step and history."""
     if len(state["optimizers"]) != len(optimizers):
         names = ", ".join(type(o).__name__ for o in optimizers)
         raise ValueError(
@@ -261,8 +284,20 @@ def restore_state(
     for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
         opt.load_state_dict(opt_state)
     generator.set_state(state["shuffle_generator"])
-    set_rng_state(state["rng"])
+    noise.set_state(noise_state(state, noise.device))
     return state["epoch"], state["step"], [dict(row) for row in state["history"]]
+
+
+def noise_state(state: dict[str, Any], device: torch.device) -> Tensor:
+    """The noise generator's state in a checkpoint.
+
+    Checkpoints written before each training had a noise generator of its own hold torch's
+    global RNG states instead (``"rng"``), from which the noise was then drawn.
+    """
+    if "noise_generator" in state:
+        return state["noise_generator"]
+    rng = state["rng"]
+    return rng["cuda"][device.index or 0] if device.type == "cuda" else rng["torch"]
 
 
 def _to_cpu(value: Any) -> Any:

@@ -1,0 +1,97 @@
+"""Several trainings in one process (``TrainingHost``): each ends with the bits it has alone."""
+
+import dataclasses
+import time
+
+import pytest
+
+from trainables.host import TrainingHost
+from trainables.train import NonFiniteLossError, train
+
+
+def collect(host, key):
+    """Take a training's items until it ends; return (epoch rows, final item)."""
+    rows = []
+    while True:
+        for item in host.take(key, timeout=60):
+            if item[0] == "epoch":
+                rows.append(item[1])
+            else:
+                return rows, item
+
+
+def test_trainings_side_by_side_end_with_the_bits_they_have_alone(tiny_train_config, tiny_data):
+    configs = {
+        "a": tiny_train_config,
+        "b": dataclasses.replace(tiny_train_config, seed=1),
+        "c": tiny_train_config,  # a replicate of "a", running at the same time
+    }
+    host = TrainingHost(slots=3, data=tiny_data)
+    for key, cfg in configs.items():
+        assert host.start(key, cfg, None, checkpoint_every=2)
+    assert host.running() == 3
+    ends = {key: collect(host, key) for key in configs}
+    for key, cfg in configs.items():
+        rows, (kind, result) = ends[key]
+        assert kind == "done"
+        assert [row["epoch"] for row in rows] == [1, 2, 3]
+        assert result.fingerprint == train(cfg, tiny_data).fingerprint, key
+    assert ends["a"][1][1].fingerprint != ends["b"][1][1].fingerprint
+    assert host.running() == 0
+
+
+def test_a_checkpoint_from_a_host_resumes_bit_for_bit(tiny_train_config, tiny_data):
+    host = TrainingHost(slots=2, data=tiny_data)
+    host.start("first", tiny_train_config, None, checkpoint_every=2)
+    host.start("other", dataclasses.replace(tiny_train_config, seed=5), None)
+    states = []
+    while not states:
+        states = [item[2] for item in host.take("first") if item[0] == "epoch" and item[2]]
+    host.cancel("first")
+    host.start("resumed", tiny_train_config, None, resume=states[0])
+    _, (kind, resumed) = collect(host, "resumed")
+    assert kind == "done"
+    assert resumed.fingerprint == train(tiny_train_config, tiny_data).fingerprint
+    collect(host, "other")
+
+
+def test_a_failing_training_fails_alone(tiny_train_config, tiny_data):
+    host = TrainingHost(slots=2, data=tiny_data)
+    bad = dataclasses.replace(tiny_train_config, learning_rate=1e12, grad_clip=None)
+    host.start("bad", bad, None)
+    host.start("good", tiny_train_config, None)
+    _, (kind, err) = collect(host, "bad")
+    assert kind == "failed" and isinstance(err, NonFiniteLossError)
+    assert "non-finite loss" in str(err)
+    _, (kind, _) = collect(host, "good")
+    assert kind == "done"
+
+
+def test_a_full_host_says_so_and_other_process_settings_are_refused(tiny_train_config, tiny_data):
+    host = TrainingHost(slots=1, data=tiny_data)
+    long = dataclasses.replace(tiny_train_config, n_epochs=50)
+    assert host.start("one", long, None)
+    assert not host.start("two", tiny_train_config, None)  # full
+    host2 = TrainingHost(slots=2, data=tiny_data)
+    host2.start("one", long, None)
+    with pytest.raises(ValueError, match="deterministic and cpu_threads"):
+        host2.start("fast", dataclasses.replace(tiny_train_config, deterministic=False), None)
+    with pytest.raises(ValueError, match="already on this host"):
+        host2.start("one", long, None)
+    for h in (host, host2):
+        h.cancel("one")
+    deadline = time.monotonic() + 60
+    while (host.running() or host2.running()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert host.running() == host2.running() == 0  # cancelled trainings stop at their next epoch
+    with pytest.raises(KeyError):
+        host.take("one", timeout=0)
+
+
+def test_a_training_nobody_takes_from_is_stopped(tiny_train_config, tiny_data):
+    host = TrainingHost(slots=1, data=tiny_data, orphan_after_s=0.0)
+    host.start("orphan", dataclasses.replace(tiny_train_config, n_epochs=50), None)
+    deadline = time.monotonic() + 60
+    while host.running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert host.running() == 0
