@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 PROCESS_LOCK = threading.RLock()
 """Held while a training touches process-wide state (global RNGs, torch.compile, capture)."""
@@ -85,6 +86,22 @@ def lane(device: torch.device) -> Iterator[Lane]:
             held.main.synchronize()  # nothing of this training may still run on a lane reused
         with PROCESS_LOCK:
             _FREE_LANES[device].append(held)
+
+
+def host_values(values: Tensor) -> list[float]:
+    """``values.tolist()``, waiting for the GPU without holding Python's GIL.
+
+    A blocking copy to the host holds the GIL while the GPU finishes, and so stalls every
+    other training of the process; waiting on an event lets them go on launching work.
+    """
+    if values.device.type != "cuda":
+        return values.tolist()
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    copied.synchronize()
+    return host.tolist()
 
 
 def new_stream() -> torch.cuda.ExternalStream:

@@ -1,8 +1,9 @@
-"""One optimizer step on a minibatch, eager or replayed from a captured CUDA graph.
+"""Optimizer steps on minibatches, eager or replayed from a captured CUDA graph.
 
 A step of this small model is a few hundred tiny kernels: on a GPU its cost is kernel launches
-and Python, not arithmetic. :class:`GraphedStep` captures forward, backward, gradient clipping
-and the optimizer steps into one CUDA graph and replays it, so a step costs one launch. The
+and Python, not arithmetic. :class:`GraphedStep` captures a whole epoch of steps (forward,
+backward, gradient clipping and the optimizer steps of each) into one CUDA graph and replays
+it, so an epoch costs one launch and the CPU is free for the trainings beside it. The
 optimizers (one Muon per hidden matrix, AdamW for the rest) step on streams of their own, so
 their small kernels run side by side. Graph replay runs the same kernels on the same inputs as
 eager execution, so where a run starts or resumes does not change its bits.
@@ -17,7 +18,7 @@ from trainables.concurrency import Lane, drawing_from
 from trainables.config import TrainConfig
 from trainables.model import InVAE, LossTerms
 
-WARMUP_STEPS = 3  # eager steps before capture: optimizer state must exist to be captured
+WARMUP_STEPS = 3  # eager steps (whole epochs) before capture: optimizer state must exist
 N_SUMS = 6  # per-epoch accumulators: loss, recon, kl_i, kl_s, indep (cell-weighted), grad_norm
 
 
@@ -108,6 +109,11 @@ class EagerStep:
         with drawing_from(self.noise):
             self._compute(idx)
 
+    def run_epoch(self, batches: Tensor, step: int) -> None:
+        """Take a step per row of ``batches`` (cell indices), the first being the ``step``-th."""
+        for i, idx in enumerate(batches):
+            self(idx, step + i)
+
     def _compute(self, idx: Tensor) -> None:
         cfg = self.cfg
         beta = kl_weight(self.step_counter, cfg.beta_start, cfg.beta_end, cfg.beta_warmup_steps)
@@ -141,35 +147,36 @@ class EagerStep:
 
 
 class GraphedStep(EagerStep):
-    """A training step replayed from a CUDA graph captured after a few eager steps.
+    """Epochs of steps replayed from one CUDA graph, captured after eager warm-up epochs.
 
-    Minibatches must all have the size of the first one (the loop drops incomplete ones).
+    Every epoch must have as many minibatches, all of one size, as the first (the loop drops
+    incomplete ones). The step counter advances inside the graph, one per step.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_idx: Tensor | None = None
+        self.static_batches: Tensor | None = None
         self.eager_steps = 0
 
-    def __call__(self, idx: Tensor, step: int) -> None:
-        """Take one step: eagerly during warm-up, then by graph replay."""
+    def run_epoch(self, batches: Tensor, step: int) -> None:
+        """Run an epoch: eagerly during warm-up, then by graph replay."""
         if self.graph is None and self.eager_steps < WARMUP_STEPS:
-            self.eager_steps += 1
+            self.eager_steps += batches.shape[0]
             side = self.lane.warmup
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                super().__call__(idx, step)
+                super().run_epoch(batches, step)
             torch.cuda.current_stream().wait_stream(side)
             return
         if self.graph is None:
-            self._capture(idx)
-        self.static_idx.copy_(idx)
+            self._capture(batches)
+        self.static_batches.copy_(batches)
         self.step_counter.fill_(step)
         self.graph.replay()
 
-    def _capture(self, idx: Tensor) -> None:
-        self.static_idx = idx.clone()
+    def _capture(self, batches: Tensor) -> None:
+        self.static_batches = batches.clone()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)  # the graph allocates and owns the gradients
         self.graph = torch.cuda.CUDAGraph()
@@ -182,7 +189,9 @@ class GraphedStep(EagerStep):
                 self.graph, stream=self.lane.capture, capture_error_mode="thread_local"
             ),
         ):
-            self._compute(self.static_idx)
+            for idx in self.static_batches:
+                self._compute(idx)
+                self.step_counter += 1
 
 
 def make_step(
@@ -193,7 +202,7 @@ def make_step(
     lane: Lane,
     noise: torch.Generator,
 ) -> EagerStep:
-    """A graphed step on CUDA when ``cfg.cuda_graphs`` is set, else an eager one."""
+    """Graphed epochs on CUDA when ``cfg.cuda_graphs`` is set, else eager steps."""
     on_cuda = tensors[0].device.type == "cuda"
     cls = GraphedStep if on_cuda and cfg.cuda_graphs else EagerStep
     return cls(model, optimizers, tensors, cfg, lane, noise)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trainables.concurrency import PROCESS_LOCK, Lane, fork_default_generator, lane
+from trainables.concurrency import PROCESS_LOCK, Lane, fork_default_generator, host_values, lane
 from trainables.config import DataConfig, TrainConfig
 from trainables.data import prepare_data
 from trainables.fingerprint import fingerprint
@@ -136,12 +136,13 @@ def _train(
     if resume is not None:
         epoch, step, history = restore_state(resume, model, optimizers, generator, noise)
 
-    epoch_seconds, integration = [], {}
+    epoch_seconds, epoch_ends, integration = [], [], {}
     while epoch < train_cfg.n_epochs:
         tick = time.perf_counter()
         train_row, step = train_epoch(step_fn, prepared.train.n_cells, generator, train_cfg, step)
         row = {"epoch": epoch + 1, **train_row, **evaluate(model, val_set, train_cfg)}
         epoch_seconds.append(time.perf_counter() - tick)
+        epoch_ends.append(time.time())
         check_finite(row)
         history.append(row)
         epoch += 1
@@ -177,6 +178,7 @@ def _train(
             "epochs_run": len(epoch_seconds),
             "mean_epoch_s": sum(epoch_seconds) / max(len(epoch_seconds), 1),
             "epoch_s": epoch_seconds,  # the first includes CUDA-graph capture and compilation
+            "epoch_end_unix": epoch_ends,
             # of the whole process: trainings running beside this one count too
             "max_gpu_memory_bytes": (
                 torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -204,10 +206,9 @@ def train_epoch(
     step_fn.model.train()
     step_fn.sums.zero_()
     batches = minibatches(n_cells, cfg.batch_size, generator, step_fn.sums.device)
-    for idx in batches:
-        step_fn(idx, step)
-        step += 1
-    totals = step_fn.sums.tolist()
+    step_fn.run_epoch(batches, step)
+    step += batches.shape[0]
+    totals = host_values(step_fn.sums)
     n_seen, n_steps = batches.numel(), batches.shape[0]
     means = [v / n_seen for v in totals[:5]] + [totals[5] / n_steps]
     names = ("train_loss", "recon", "kl_i", "kl_s", "indep", "grad_norm")
@@ -225,7 +226,7 @@ def evaluate(model: InVAE, data: DeviceSplit, cfg: TrainConfig) -> dict[str, flo
         chunk = slice(start, start + CELLS_PER_PASS)
         terms = model(data.counts[chunk], data.bio[chunk], data.tech[chunk])
         sums += torch.stack(list(terms)) * min(CELLS_PER_PASS, n_cells - start)
-    terms = LossTerms(*(v / n_cells for v in sums.tolist()))
+    terms = LossTerms(*(v / n_cells for v in host_values(sums)))
     return {
         "val_loss": terms.total(cfg.beta_end, cfg.indep_weight),
         "val_recon": terms.recon,
