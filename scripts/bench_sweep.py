@@ -9,11 +9,12 @@ trial, mean GPU utilisation (nvidia-smi) and the driver's overhead:
     python scripts/bench_sweep.py --packing 4 --trials 16 --epochs 500   # configs/sweep.yaml's
     python scripts/bench_sweep.py --sequential 16 --epochs 30    # overhead, one trial at a time
 
-Aggregate epochs/s: "steady" is trials at a time over the median per-trial s/epoch (epochs after
-the first, which compiles and captures); "span" divides all epochs by the time from the first
-trial's start to the last one's end. GPU memory per trial: nvidia-smi's peak memory in use on
-the GPU (CUDA contexts included) over the trials at a time; torch's peak is per process, so it
-is given per process.
+Aggregate epochs/s: "together" counts the epochs that ended while all trials of the sweep were
+training (from the last trial's first epoch end to the first trial's last epoch end) over that
+window (None when the trials never trained all at once); "span" divides all epochs by the time
+from the first trial's start to the last one's end, start-up and compilation included. GPU
+memory per trial: nvidia-smi's peak memory in use on the GPU (CUDA contexts included) over the
+trials at a time; torch's peak is per process, so it is given per process.
 
 Overhead: the share of the sweep's trial slots not spent training. With k trials at a time
 (k slots) that is 1 - (sum of the trials' training times) / (k x wall time); with one trial at
@@ -117,12 +118,14 @@ def run_packing(k: int, n_trials: int, epochs: int, storage: Path, process: str)
     per_trial = statistics.median(
         statistics.median(t["epoch_s"][1:] or t["epoch_s"]) for t in timings
     )
+    ends = [t["epoch_end_unix"] for t in timings]
+    window = (max(e[0] for e in ends), min(e[-1] for e in ends))  # all trials training
     return {
         "process": process,
         "trials_per_gpu": k,
         "trials": n_trials,
         "completed": summary["n_completed"],
-        "steady_epochs_per_s": slots / per_trial,
+        "together_epochs_per_s": together_rate(ends, window) if n_trials == slots else None,
         "span_epochs_per_s": n_trials * epochs / span,
         "per_trial_s_per_epoch": per_trial,
         "gpu_mem_per_trial_mb": sampler.memory_mb / slots,
@@ -132,6 +135,14 @@ def run_packing(k: int, n_trials: int, epochs: int, storage: Path, process: str)
         "outside_training_s": wall - span,  # Ray, worker start, outputs, shutdown
         "overhead_fraction": 1 - sum(t["total_s"] for t in timings) / (slots * wall),
     }
+
+
+def together_rate(ends: list[list[float]], window: tuple[float, float]) -> float | None:
+    """Epochs per second that ended inside ``window``, over its length; None if it is empty."""
+    start, stop = window
+    if stop <= start:
+        return None
+    return sum(start < t <= stop for e in ends for t in e) / (stop - start)
 
 
 def main() -> None:
@@ -147,26 +158,31 @@ def main() -> None:
     args = parser.parse_args()
 
     storage = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
-    rows = [
-        run_packing(k, args.trials or k, args.epochs, storage, process)
+    runs = [
+        (process, k, args.trials or k)
         for process in args.process.split(",")
         for k in map(int, args.packing.split(","))
     ]
     if args.sequential:
-        rows.append(run_packing(1, args.sequential, args.epochs, storage, "per-trial"))
+        runs.append(("per-trial", 1, args.sequential))
+    rows = []
+    for process, k, n_trials in runs:
+        rows.append(run_packing(k, n_trials, args.epochs, storage, process))
+        print_table(rows)  # after every sweep: a cut-short run keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
     shutil.rmtree(storage, ignore_errors=True)
 
-    print(
-        f"device={torch.cuda.get_device_name()} torch={torch.__version__} cuda={torch.version.cuda}"
-    )
-    columns = list(rows[0])
-    print("  ".join(f"{c:>14}" for c in columns))
+
+def print_table(rows: list[dict]) -> None:
+    card = torch.cuda.get_device_name()
+    print(f"device={card} torch={torch.__version__} cuda={torch.version.cuda}", flush=True)
+    print("  ".join(f"{c:>14}" for c in rows[0]))
     for r in rows:
         print(
-            "  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{v!s:>14}" for v in r.values())
+            "  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{v!s:>14}" for v in r.values()),
+            flush=True,
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
