@@ -46,6 +46,10 @@ def worker_env(sweep: LoadedSweep) -> dict[str, str]:
     if sweep.spec.wandb.mode == "offline":
         env["WANDB_MODE"] = "offline"  # mode="offline" alone still asks for an API key
     env["WANDB_SILENT"] = "true"  # one W&B banner per trial drowns the trial table
+    if sweep.spec.resources.one_process_per_gpu:
+        # A GPU's trials share a process: their streams get CUDA's 32 hardware queues instead
+        # of its default 8 (docs/performance.md: +25% epochs/s at 8 trials per GPU, H200).
+        env["CUDA_DEVICE_MAX_CONNECTIONS"] = os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS", "32")
     return env
 
 

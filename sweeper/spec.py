@@ -154,7 +154,7 @@ class SweepSpec:
             )
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ConfigError("max_concurrent_trials", "allowed: an integer >= 1, or null")
-        per_process = [k for k in self.search if k in ("train.deterministic", "train.cpu_threads")]
+        per_process = [k for k in self.search if k in ("deterministic", "cpu_threads")]
         if self.resources.one_process_per_gpu and per_process:
             raise ConfigError(
                 f"search.{per_process[0]}",

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeper.cluster import gpus_per_trial
+from sweeper.cluster import gpus_per_trial, worker_env
 from sweeper.search import expand_trials, param_space, searched_values
 from sweeper.spec import load_sweep
 from trainables.schema import ConfigError
@@ -47,6 +47,19 @@ def test_default_sweep_runs_on_the_simulated_data():
             "not both",
         ),
         ({"resources": {"cpus_per_trl": 1}}, "resources.cpus_per_trl", "cpus_per_trial"),
+        (
+            {"resources": {"one_process_per_gpu": True, "gpus_per_trial": 0.5}},
+            "resources.one_process_per_gpu",
+            "give trials_per_gpu",
+        ),
+        (
+            {
+                "resources": {"one_process_per_gpu": True},
+                "search": {"deterministic": {"grid": [True, False]}},
+            },
+            "search.deterministic",
+            "one process per trial",
+        ),
         ({"wandb": {"mode": "cloud"}}, "wandb.mode", "offline, online, disabled"),
         ({"train": {"model": {"z_i_dim": 0}}}, "train.model.z_i_dim", ">= 1"),
         ({"data": {"val_size": 3}}, "data.val_size", "(0, 1)"),
@@ -193,3 +206,12 @@ def test_gpu_share_spreads_trials_over_all_gpus(
         )
     )
     assert gpus_per_trial(sweep, gpus) == pytest.approx(expected)
+
+
+def test_one_process_per_gpu_gives_its_streams_all_hardware_queues(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
+    shared = load_sweep(write_sweep(tmp_path, resources={"one_process_per_gpu": True}))
+    assert worker_env(shared)["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"
+    assert "CUDA_DEVICE_MAX_CONNECTIONS" not in worker_env(load_sweep(write_sweep(tmp_path)))
+    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "16")  # the user's choice stays
+    assert worker_env(shared)["CUDA_DEVICE_MAX_CONNECTIONS"] == "16"
