@@ -1,7 +1,6 @@
 import functools
 import json
 import os
-import pickle
 import random
 import re
 
@@ -264,30 +263,3 @@ def test_torch_generator_is_reproducible_and_independent_of_global_rng():
 def test_torch_generator_rejects_invalid_seed():
     with pytest.raises(ValueError, match="-1"):
         seeding.torch_generator(-1, "cpu")
-
-
-def test_rng_state_round_trip_reproduces_next_draws():
-    seeding.set_seed(11, True)
-    _draws()  # leave cached Gaussians in random and NumPy's state
-    state = seeding.rng_state()
-    expected = _draws()
-    seeding.set_rng_state(state)
-    assert _draws() == expected
-
-
-def _pickle_round_trip(state, tmp_path):
-    return pickle.loads(pickle.dumps(state))
-
-
-def _torch_save_round_trip(state, tmp_path):
-    torch.save(state, tmp_path / "rng.pt")
-    return torch.load(tmp_path / "rng.pt", weights_only=True)
-
-
-@pytest.mark.parametrize("round_trip", [_pickle_round_trip, _torch_save_round_trip])
-def test_rng_state_survives_serialisation(round_trip, tmp_path):
-    seeding.set_seed(11, True)
-    state = seeding.rng_state()
-    expected = _draws()
-    seeding.set_rng_state(round_trip(state, tmp_path))
-    assert _draws() == expected

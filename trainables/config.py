@@ -148,7 +148,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cpu_threads: int = 1  # torch CPU threads; results differ between thread counts
-    cuda_graphs: bool = True  # on a GPU, replay each training step from a CUDA graph
+    cuda_graphs: bool = True  # on a GPU, replay each epoch of steps from one CUDA graph
     compile: bool = True  # on a GPU, fuse the loss's kernels with torch.compile
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

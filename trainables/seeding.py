@@ -1,10 +1,9 @@
-"""Seeding, deterministic-mode switches and RNG state capture for one training process.
+"""Seeding and deterministic-mode switches for one training process.
 
 :func:`set_seed` seeds every global RNG (Python, NumPy, torch CPU and CUDA), applies or lifts
 torch's determinism switches, fixes the CPU thread count and returns what it set, read back from
 torch. :func:`determinism_env` lists the environment a worker needs before any CUDA work;
-:func:`rng_state` / :func:`set_rng_state` capture and restore every global RNG for bit-for-bit
-resume from a checkpoint; :func:`torch_generator` gives a seeded generator for data shuffling.
+:func:`torch_generator` gives a seeded generator for data shuffling.
 """
 
 from __future__ import annotations
@@ -150,50 +149,6 @@ def torch_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gene
     generator = torch.Generator(device=device)
     generator.manual_seed(_check_seed(seed))
     return generator
-
-
-def rng_state() -> dict[str, Any]:
-    """Capture every global RNG so that :func:`set_rng_state` can resume it bit for bit.
-
-    Returns:
-        ``{"python", "numpy", "torch", "cuda"}`` built from tuples, lists, ints, floats,
-        strings and uint8 tensors only, so it survives plain pickle and
-        ``torch.load(..., weights_only=True)``. ``"cuda"`` has one state per visible device and
-        is empty when CUDA is not available.
-    """
-    numpy_state = np.random.get_state(legacy=False)  # {"bit_generator", "state", "has_gauss", ...}
-    numpy_state["state"] = {
-        "key": numpy_state["state"]["key"].tolist(),  # (624,) uint32 -> ints
-        "pos": int(numpy_state["state"]["pos"]),
-    }
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {
-        "python": random.getstate(),
-        "numpy": numpy_state,
-        "torch": torch.get_rng_state(),
-        "cuda": cuda,
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore every global RNG from a :func:`rng_state` capture.
-
-    CUDA states are restored when CUDA is available and ignored otherwise.
-
-    Args:
-        state: A dict returned by :func:`rng_state`, possibly after a pickle round trip.
-    """
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))  # setstate requires tuples
-    numpy_state = dict(state["numpy"])
-    numpy_state["state"] = {
-        "key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
-        "pos": numpy_state["state"]["pos"],
-    }
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])  # raises if a device is missing
 
 
 # --- internals -----------------------------------------------------------------------------
