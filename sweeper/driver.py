@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.cluster import (
+    DEFAULT_TRIALS_PER_GPU,
     connect,
     gpus_per_trial,
     replicates_over_nodes,
@@ -140,7 +141,8 @@ def run_sweep(
                     "replicates cannot be pinned to nodes: audit across nodes with one process "
                     "per trial"
                 )
-            slots = round(1 / gpu) if gpu else _trials_per_host(sweep)
+            per_gpu = sweep.spec.resources.trials_per_gpu or DEFAULT_TRIALS_PER_GPU
+            slots = round(1 / gpu) if gpu else per_gpu
             shared = ray.put(shared) if shared is not None else None  # held while hosts live
             hosts = start_training_hosts(n_gpus, slots, shared)
             resources = {**resources, "gpu": 0}  # the trial's worker only relays; its host trains
@@ -157,12 +159,6 @@ def run_sweep(
             ray.kill(host)
         if started:
             ray.shutdown()
-
-
-def _trials_per_host(sweep: LoadedSweep) -> int:
-    from sweeper.cluster import DEFAULT_TRIALS_PER_GPU
-
-    return sweep.spec.resources.trials_per_gpu or DEFAULT_TRIALS_PER_GPU
 
 
 def publish_outputs(sweep: LoadedSweep, folder: SweepFolder, summary: dict) -> dict:

@@ -95,9 +95,9 @@ def earlier_record(storage: str | None) -> dict[str, Any] | None:
 class RayTrainingHost(TrainingHost):
     """A :class:`TrainingHost` that can say where it runs (a Ray actor, one per GPU)."""
 
-    def where(self) -> dict[str, Any]:
-        """Hostname, IP, Ray node id and GPU ids of this host."""
-        return node_info()
+    def where(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """This host's ``node_info()`` and ``get_environment_info()``."""
+        return node_info(), get_environment_info()
 
 
 def start_on_host(hosts: list[Any], args: tuple) -> tuple[Any, str]:
@@ -180,11 +180,13 @@ def tune_trainable(
         with checkpoint.as_directory() as folder:
             resume = load_torch(Path(folder) / CHECKPOINT_FILE, weights_only=False)
     host = None
-    if hosts:
+    if hosts:  # W&B's config and run.json describe where the training runs
         host, key = start_on_host(hosts, (train_cfg, data_cfg, checkpoint_every, resume))
-    node = ray.get(host.where.remote()) if host else node_info()
+        node, environment = ray.get(host.where.remote())
+    else:
+        node, environment = node_info(), get_environment_info()
     run_config = {"train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg)}
-    first = {RUN_CONFIG: run_config, "node": node, **get_environment_info()}  # W&B config
+    first = {RUN_CONFIG: run_config, "node": node, **environment}  # W&B config
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         row = {**metrics, **tags, **first}
