@@ -50,6 +50,29 @@ def test_loss_decreases(tiny_train_config, tiny_data):
     assert history[-1]["val_recon"] < history[0]["val_recon"]
 
 
+def test_validation_metrics_are_the_validation_cells_loss_after_the_epoch(
+    tiny_train_config, tiny_data
+):
+    result = train(tiny_train_config, tiny_data)
+    model = InVAE(tiny_data.n_genes, tiny_data.n_bio, tiny_data.n_tech, tiny_train_config.model)
+    model.load_state_dict(result.model_state)
+    model.eval()
+    val = tiny_data.val
+    with torch.no_grad():
+        terms = model(*(torch.as_tensor(a) for a in (val.counts, val.bio, val.tech)))
+    last = result.history[-1]
+    expected = {
+        "val_loss": terms.total(tiny_train_config.beta_end, tiny_train_config.indep_weight),
+        "val_recon": terms.recon,
+        "val_kl_i": terms.kl_i,
+        "val_kl_s": terms.kl_s,
+        "val_indep": terms.indep,
+    }
+    assert {k: last[k] for k in expected} == pytest.approx(
+        {k: v.item() for k, v in expected.items()}, rel=1e-6
+    )
+
+
 def test_resume_from_a_checkpoint_ends_bit_for_bit_like_an_uninterrupted_run(
     tiny_train_config, tiny_data
 ):

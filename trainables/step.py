@@ -1,9 +1,10 @@
 """Optimizer steps on minibatches, eager or replayed from a captured CUDA graph.
 
 A step of this small model is a few hundred tiny kernels: on a GPU its cost is kernel launches
-and Python, not arithmetic. :class:`GraphedStep` captures a whole epoch of steps (forward,
-backward, gradient clipping and the optimizer steps of each) into one CUDA graph and replays
-it, so an epoch costs one launch and the CPU is free for the trainings beside it. The
+and Python, not arithmetic. :class:`GraphedStep` captures a whole epoch (every step's forward,
+backward, gradient clipping and optimizer steps, then the validation pass) into one CUDA graph
+and replays it, so an epoch costs one launch and one read of its sums, and the CPU is free for
+the trainings beside it. The
 optimizers (one Muon per hidden matrix, AdamW for the rest) step on streams of their own, so
 their small kernels run side by side. Graph replay runs the same kernels on the same inputs as
 eager execution, so where a run starts or resumes does not change its bits.
@@ -16,10 +17,12 @@ from torch import Tensor
 
 from trainables.concurrency import Lane, drawing_from
 from trainables.config import TrainConfig
+from trainables.latent import CELLS_PER_PASS
 from trainables.model import InVAE, LossTerms
 
 WARMUP_STEPS = 3  # eager steps (whole epochs) before capture: optimizer state must exist
-N_SUMS = 6  # per-epoch accumulators: loss, recon, kl_i, kl_s, indep (cell-weighted), grad_norm
+N_TRAIN_SUMS = 6  # loss, recon, kl_i, kl_s, indep (cell-weighted), grad_norm of the steps
+N_VAL_SUMS = 4  # recon, kl_i, kl_s, indep of the validation cells (cell-weighted)
 
 
 def kl_weight(step: float | Tensor, start: float, end: float, warmup_steps: int) -> float | Tensor:
@@ -74,12 +77,16 @@ def clip_gradients(model: InVAE, max_norm: float | None) -> Tensor:
 
 
 class EagerStep:
-    """A training step run op by op. Accumulates the epoch's loss terms into ``sums``.
+    """Training steps run op by op, and an epoch's validation pass.
+
+    An epoch accumulates into ``sums``: the steps' loss terms (``N_TRAIN_SUMS``), then the
+    validation cells' terms at the posterior mean (``N_VAL_SUMS``). Zero it between epochs.
 
     Args:
         model: The module, in training mode.
         optimizers: Stepped in order after each backward pass.
         tensors: Full training ``(counts, bio, tech)`` on the device.
+        validation: Validation ``(counts, bio, tech)`` on the device.
         cfg: Loss weights, β schedule and gradient clipping.
         lane: The training's streams (``trainables.concurrency``).
         noise: The training's generator for dropout and the reparameterisation noise.
@@ -90,15 +97,16 @@ class EagerStep:
         model: InVAE,
         optimizers: list[torch.optim.Optimizer],
         tensors: tuple[Tensor, Tensor, Tensor],
+        validation: tuple[Tensor, Tensor, Tensor],
         cfg: TrainConfig,
         lane: Lane,
         noise: torch.Generator,
     ):
         self.model, self.optimizers, self.tensors, self.cfg = model, optimizers, tensors, cfg
-        self.lane, self.noise = lane, noise
+        self.validation, self.lane, self.noise = validation, lane, noise
         device = tensors[0].device
         self.loss = compiled_loss() if cfg.compile and device.type == "cuda" else minibatch_loss
-        self.sums = torch.zeros(N_SUMS, device=device)
+        self.sums = torch.zeros(N_TRAIN_SUMS + N_VAL_SUMS, device=device)
         self.step_counter = torch.zeros((), device=device)  # optimizer steps taken, as float
         on_cuda = device.type == "cuda"
         self.optimizer_streams = lane.optimizer_streams(len(optimizers)) if on_cuda else None
@@ -110,9 +118,13 @@ class EagerStep:
             self._compute(idx)
 
     def run_epoch(self, batches: Tensor, step: int) -> None:
-        """Take a step per row of ``batches`` (cell indices), the first being the ``step``-th."""
+        """Take a step per row of ``batches`` (cell indices), then the validation pass.
+
+        The first step is the run's ``step``-th.
+        """
         for i, idx in enumerate(batches):
             self(idx, step + i)
+        self._validate()
 
     def _compute(self, idx: Tensor) -> None:
         cfg = self.cfg
@@ -126,6 +138,19 @@ class EagerStep:
         weighted = torch.stack([loss.detach(), *(t.detach() for t in terms)]) * idx.numel()
         self.sums[:5] += weighted
         self.sums[5] += grad_norm
+
+    @torch.no_grad()
+    def _validate(self) -> None:
+        """Add the validation cells' loss terms at the posterior mean (eval mode: no noise)."""
+        self.model.eval()
+        counts, bio, tech = self.validation
+        n_cells = counts.shape[0]
+        for start in range(0, n_cells, CELLS_PER_PASS):
+            chunk = slice(start, start + CELLS_PER_PASS)
+            terms = self.model(counts[chunk], bio[chunk], tech[chunk])
+            weight = min(CELLS_PER_PASS, n_cells - start)
+            self.sums[N_TRAIN_SUMS:] += torch.stack(list(terms)) * weight
+        self.model.train()
 
     def _step_optimizers(self) -> None:
         """Step every optimizer; on a GPU each on its own stream, so their kernels overlap.
@@ -147,7 +172,7 @@ class EagerStep:
 
 
 class GraphedStep(EagerStep):
-    """Epochs of steps replayed from one CUDA graph, captured after eager warm-up epochs.
+    """Epochs (steps and validation) replayed from one CUDA graph, captured after eager warm-up.
 
     Every epoch must have as many minibatches, all of one size, as the first (the loop drops
     incomplete ones). The step counter advances inside the graph, one per step.
@@ -192,12 +217,14 @@ class GraphedStep(EagerStep):
             for idx in self.static_batches:
                 self._compute(idx)
                 self.step_counter += 1
+            self._validate()
 
 
 def make_step(
     model: InVAE,
     optimizers: list[torch.optim.Optimizer],
     tensors: tuple[Tensor, Tensor, Tensor],
+    validation: tuple[Tensor, Tensor, Tensor],
     cfg: TrainConfig,
     lane: Lane,
     noise: torch.Generator,
@@ -205,4 +232,4 @@ def make_step(
     """Graphed epochs on CUDA when ``cfg.cuda_graphs`` is set, else eager steps."""
     on_cuda = tensors[0].device.type == "cuda"
     cls = GraphedStep if on_cuda and cfg.cuda_graphs else EagerStep
-    return cls(model, optimizers, tensors, cfg, lane, noise)
+    return cls(model, optimizers, tensors, validation, cfg, lane, noise)

@@ -20,13 +20,13 @@ from trainables.concurrency import PROCESS_LOCK, Lane, fork_default_generator, h
 from trainables.config import DataConfig, TrainConfig
 from trainables.data import prepare_data
 from trainables.fingerprint import fingerprint
-from trainables.latent import CELLS_PER_PASS, embedding_integration, latent_means
+from trainables.latent import embedding_integration, latent_means
 from trainables.model import InVAE, LossTerms
 from trainables.optim import build_optimizers, model_summary
 from trainables.prepared import PreparedData, Split
 from trainables.provenance import get_environment_info
 from trainables.seeding import set_seed, torch_generator
-from trainables.step import EagerStep, kl_weight, make_step
+from trainables.step import N_TRAIN_SUMS, EagerStep, kl_weight, make_step
 
 # report(metrics) every epoch; report(metrics, state) on checkpoint epochs.
 Report = Callable[..., None]
@@ -60,6 +60,10 @@ class DeviceSplit:
     counts: Tensor  # (n_cells, n_genes)
     bio: Tensor  # (n_cells, n_bio)
     tech: Tensor  # (n_cells, n_tech)
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(counts, bio, tech)``."""
+        return self.counts, self.bio, self.tech
 
     @classmethod
     def from_split(cls, split: Split, device: torch.device) -> DeviceSplit:
@@ -130,8 +134,9 @@ def _train(
     val_set = DeviceSplit.from_split(prepared.val, device)
     optimizers = build_optimizers(model, train_cfg)
     generator = torch_generator(train_cfg.seed, device)
-    tensors = (train_set.counts, train_set.bio, train_set.tech)
-    step_fn = make_step(model, optimizers, tensors, train_cfg, streams, noise)
+    step_fn = make_step(
+        model, optimizers, train_set.tensors(), val_set.tensors(), train_cfg, streams, noise
+    )
     epoch, step, history = 0, 0, []
     if resume is not None:
         epoch, step, history = restore_state(resume, model, optimizers, generator, noise)
@@ -140,7 +145,7 @@ def _train(
     while epoch < train_cfg.n_epochs:
         tick = time.perf_counter()
         train_row, step = train_epoch(step_fn, prepared.train.n_cells, generator, train_cfg, step)
-        row = {"epoch": epoch + 1, **train_row, **evaluate(model, val_set, train_cfg)}
+        row = {"epoch": epoch + 1, **train_row}
         epoch_seconds.append(time.perf_counter() - tick)
         epoch_ends.append(time.time())
         check_finite(row)
@@ -202,38 +207,33 @@ def minibatches(n_cells: int, batch_size: int, generator: torch.Generator, devic
 def train_epoch(
     step_fn: EagerStep, n_cells: int, generator: torch.Generator, cfg: TrainConfig, step: int
 ) -> tuple[dict[str, float], int]:
-    """Run one pass over shuffled minibatches; return the cell-weighted mean terms and the step."""
+    """Run one epoch: a pass over shuffled minibatches, then the validation pass.
+
+    Returns the epoch's metrics (cell-weighted means of the loss terms; ``val_loss`` uses
+    β_end) and the step count after it.
+    """
     step_fn.model.train()
     step_fn.sums.zero_()
     batches = minibatches(n_cells, cfg.batch_size, generator, step_fn.sums.device)
     step_fn.run_epoch(batches, step)
     step += batches.shape[0]
-    totals = host_values(step_fn.sums)
+    sums = host_values(step_fn.sums)
+    train_sums, val_sums = sums[:N_TRAIN_SUMS], sums[N_TRAIN_SUMS:]
     n_seen, n_steps = batches.numel(), batches.shape[0]
-    means = [v / n_seen for v in totals[:5]] + [totals[5] / n_steps]
+    means = [v / n_seen for v in train_sums[:5]] + [train_sums[5] / n_steps]
     names = ("train_loss", "recon", "kl_i", "kl_s", "indep", "grad_norm")
     beta = kl_weight(step - 1, cfg.beta_start, cfg.beta_end, cfg.beta_warmup_steps)
-    return {**dict(zip(names, means, strict=True)), "beta": beta}, step
-
-
-@torch.no_grad()
-def evaluate(model: InVAE, data: DeviceSplit, cfg: TrainConfig) -> dict[str, float]:
-    """Validation terms at the posterior mean, weighted over chunks; ``val_loss`` uses β_end."""
-    model.eval()
-    n_cells = data.counts.shape[0]
-    sums = torch.zeros(4, device=data.counts.device)
-    for start in range(0, n_cells, CELLS_PER_PASS):
-        chunk = slice(start, start + CELLS_PER_PASS)
-        terms = model(data.counts[chunk], data.bio[chunk], data.tech[chunk])
-        sums += torch.stack(list(terms)) * min(CELLS_PER_PASS, n_cells - start)
-    terms = LossTerms(*(v / n_cells for v in host_values(sums)))
+    n_val = step_fn.validation[0].shape[0]
+    val = LossTerms(*(v / n_val for v in val_sums))
     return {
-        "val_loss": terms.total(cfg.beta_end, cfg.indep_weight),
-        "val_recon": terms.recon,
-        "val_kl_i": terms.kl_i,
-        "val_kl_s": terms.kl_s,
-        "val_indep": terms.indep,
-    }
+        **dict(zip(names, means, strict=True)),
+        "beta": beta,
+        "val_loss": val.total(cfg.beta_end, cfg.indep_weight),
+        "val_recon": val.recon,
+        "val_kl_i": val.kl_i,
+        "val_kl_s": val.kl_s,
+        "val_indep": val.indep,
+    }, step
 
 
 def check_finite(row: dict[str, float]) -> None:
