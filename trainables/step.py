@@ -4,10 +4,10 @@ A step of this small model is a few hundred tiny kernels: on a GPU its cost is k
 and Python, not arithmetic. :class:`GraphedStep` captures a whole epoch (every step's forward,
 backward, gradient clipping and optimizer steps, then the validation pass) into one CUDA graph
 and replays it, so an epoch costs one launch and one read of its sums, and the CPU is free for
-the trainings beside it. The
-optimizers (one Muon per hidden matrix, AdamW for the rest) step on streams of their own, so
-their small kernels run side by side. Graph replay runs the same kernels on the same inputs as
-eager execution, so where a run starts or resumes does not change its bits.
+the trainings beside it. The optimizers (one Muon per hidden matrix, AdamW for the rest) step
+on streams of their own, so their small kernels run side by side. Graph replay runs the same
+kernels on the same inputs as eager execution, so where a run starts or resumes does not change
+its bits.
 """
 
 from __future__ import annotations

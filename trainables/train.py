@@ -144,8 +144,8 @@ def _train(
     epoch_seconds, epoch_ends, integration = [], [], {}
     while epoch < train_cfg.n_epochs:
         tick = time.perf_counter()
-        train_row, step = train_epoch(step_fn, prepared.train.n_cells, generator, train_cfg, step)
-        row = {"epoch": epoch + 1, **train_row}
+        metrics, step = train_epoch(step_fn, prepared.train.n_cells, generator, train_cfg, step)
+        row = {"epoch": epoch + 1, **metrics}
         epoch_seconds.append(time.perf_counter() - tick)
         epoch_ends.append(time.time())
         check_finite(row)
