@@ -24,10 +24,10 @@ import statistics
 import threading
 import time
 
-os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # before CUDA starts
-
 import torch
+from bench_sweep import together_rate
 
+from trainables.concurrency import shared_process_env
 from trainables.config import DataConfig, load_train_config
 from trainables.data import prepare_data
 from trainables.prepared import PreparedData
@@ -70,11 +70,10 @@ def run_together(data: PreparedData, k: int, epochs: int, device: str) -> dict[s
     if errors:
         raise errors[0]
     first_end = min(e[-1] for e in ends)
-    n_epochs = sum(released < t <= first_end for e in ends for t in e)
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
     return {
         "trainings": k,
-        "aggregate_epochs_per_s": n_epochs / (first_end - released),
+        "aggregate_epochs_per_s": together_rate(ends, (released, first_end)),
         "per_training_s_per_epoch": statistics.fmean((e[-1] - released) / len(e) for e in ends),
         "torch_peak_mb_per_training": peak / 2**20 / k,
         "warmup_s": released - started,
@@ -91,6 +90,7 @@ def main() -> None:
     if args.epochs <= RELEASE_AFTER_EPOCH + 2:
         parser.error(f"--epochs must be > {RELEASE_AFTER_EPOCH + 2}")
 
+    os.environ.update(shared_process_env())  # before CUDA starts, as a sweep's host does
     data = prepare_data(DataConfig())
     on_gpu = args.device.startswith("cuda")
     header = {

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sweeper.spec import LoadedSweep, SweepError
+from trainables.concurrency import shared_process_env
 from trainables.constants import TUNE_REPLICATE
 from trainables.seeding import determinism_env
 
@@ -46,10 +47,8 @@ def worker_env(sweep: LoadedSweep) -> dict[str, str]:
     if sweep.spec.wandb.mode == "offline":
         env["WANDB_MODE"] = "offline"  # mode="offline" alone still asks for an API key
     env["WANDB_SILENT"] = "true"  # one W&B banner per trial drowns the trial table
-    if sweep.spec.resources.one_process_per_gpu:
-        # A GPU's trials share a process: their streams get CUDA's 32 hardware queues instead
-        # of its default 8 (docs/performance.md: +25% epochs/s at 8 trials per GPU, H200).
-        env["CUDA_DEVICE_MAX_CONNECTIONS"] = os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS", "32")
+    if sweep.spec.resources.one_process_per_gpu:  # a GPU's trials share a process
+        env.update(shared_process_env())
     return env
 
 

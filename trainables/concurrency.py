@@ -22,6 +22,7 @@ one process (``docs/performance.md``). ``train()`` always runs this way, alone o
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,15 @@ def lane(device: torch.device) -> Iterator[Lane]:
             held.main.synchronize()  # nothing of this training may still run on a lane reused
         with PROCESS_LOCK:
             _FREE_LANES[device].append(held)
+
+
+def shared_process_env() -> dict[str, str]:
+    """Environment for a process whose trainings run side by side; set it before CUDA starts.
+
+    Their streams get CUDA's 32 hardware queues instead of its default 8 (docs/performance.md:
+    +25% epochs/s at 8 trainings in one process, H200); a value the user set stays.
+    """
+    return {"CUDA_DEVICE_MAX_CONNECTIONS": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS", "32")}
 
 
 def host_values(values: Tensor) -> list[float]:
