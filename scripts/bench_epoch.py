@@ -7,8 +7,9 @@ sizes (z 30/5, hidden [128, 128], batch 256), same card, one process:
     python scripts/bench_epoch.py --device cpu --epochs 3 --impl ours,original
 
 Rows: ``ours`` (CUDA graphs and torch.compile, the defaults), ``ours-nocompile`` (graphs
-only), ``ours-eager`` (neither), each in
-deterministic and fast (non-deterministic) mode, and ``original`` (PyPI ``invae==0.1.0``
+only), ``ours-eager`` (neither), each in deterministic and fast (non-deterministic) mode and
+each ``--precisions`` of CUDA float32 matmuls (``ieee``, the default, or ``tf32``), and
+``original`` (PyPI ``invae==0.1.0``
 ``FinVAE``, installed with ``pip install --no-deps invae==0.1.0``). The first epoch is warm-up
 (allocation, graph capture) and reported apart; the figure quoted is the median of the others.
 """
@@ -38,13 +39,14 @@ def epoch_times(run) -> list[float]:
     return [b - a for a, b in itertools.pairwise(stamps)]
 
 
-def bench_ours(data: PreparedData, args, mode: str, impl: str) -> list[float]:
+def bench_ours(data: PreparedData, args, mode: str, impl: str, precision: str) -> list[float]:
     cfg = load_train_config(
         overrides={
             "n_epochs": args.epochs,
             "device": args.device,
             "cpu_threads": args.threads,
             "deterministic": mode == "deterministic",
+            "cuda_matmul_precision": precision,
             "cuda_graphs": impl != "ours-eager",
             "compile": impl == "ours",
         }
@@ -132,6 +134,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--impl", default="ours,ours-nocompile,ours-eager,original")
     parser.add_argument("--modes", default="deterministic,fast")
+    parser.add_argument(
+        "--precisions", default="ieee", help="CUDA float32 matmuls of ours: ieee, tf32 or both"
+    )
     parser.add_argument("--profile", action="store_true", help="count kernels per step (CUDA)")
     parser.add_argument("--top", type=int, default=6, help="kernels listed by the profile")
     parser.add_argument("--json", help="also write the results to this file")
@@ -140,17 +145,21 @@ def main() -> None:
     data = prepare_data(DataConfig())
     rows = []
     for impl in args.impl.split(","):
-        modes = args.modes.split(",") if impl != "original" else ["(its own)"]
-        for mode in modes:
+        if impl == "original":
+            settings = [("(its own)", "ieee")]
+        else:
+            settings = list(itertools.product(args.modes.split(","), args.precisions.split(",")))
+        for mode, precision in settings:
             if impl == "original":
                 times = bench_original(data, args)
             else:
-                times = bench_ours(data, args, mode, impl)
+                times = bench_ours(data, args, mode, impl, precision)
             later = times[1:] or times
             rows.append(
                 {
                     "impl": impl,
                     "mode": mode,
+                    "precision": precision,
                     "first_epoch_s": times[0],
                     "median_epoch_s": statistics.median(later),
                     "min_epoch_s": min(later),
@@ -170,11 +179,14 @@ def main() -> None:
     print(
         " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in header.items())
     )
-    print(f"{'impl':<12}{'mode':<15}{'first s':>9}{'median s/epoch':>16}{'min':>9}{'speed-up':>10}")
+    print(
+        f"{'impl':<12}{'mode':<15}{'precision':<10}{'first s':>9}{'median s/epoch':>16}"
+        f"{'min':>9}{'speed-up':>10}"
+    )
     for r in rows:
         speedup = f"{baseline / r['median_epoch_s']:.1f}x" if baseline else "-"
         print(
-            f"{r['impl']:<12}{r['mode']:<15}{r['first_epoch_s']:>9.3f}"
+            f"{r['impl']:<12}{r['mode']:<15}{r['precision']:<10}{r['first_epoch_s']:>9.3f}"
             f"{r['median_epoch_s']:>16.4f}{r['min_epoch_s']:>9.4f}{speedup:>10}"
         )
     profiles = [profile_kernels(data, args, c) for c in (False, True)] if args.profile else []

@@ -36,7 +36,9 @@ from trainables.train import train
 RELEASE_AFTER_EPOCH = 2  # the first epoch is eager; the second is the first graph replay
 
 
-def run_together(data: PreparedData, k: int, epochs: int, device: str) -> dict[str, float]:
+def run_together(
+    data: PreparedData, k: int, epochs: int, device: str, precision: str = "ieee"
+) -> dict[str, float]:
     """Train k seeds at once, released together after their warm-up; return the figures."""
     release = threading.Barrier(k + 1)
     ends: list[list[float]] = [[] for _ in range(k)]
@@ -49,7 +51,8 @@ def run_together(data: PreparedData, k: int, epochs: int, device: str) -> dict[s
             elif RELEASE_AFTER_EPOCH < row["epoch"] < epochs:
                 ends[seed].append(time.perf_counter())
 
-        cfg = load_train_config(overrides={"device": device, "n_epochs": epochs, "seed": seed})
+        overrides = {"device": device, "n_epochs": epochs, "seed": seed}
+        cfg = load_train_config(overrides={**overrides, "cuda_matmul_precision": precision})
         try:
             train(cfg, data, report=report)
         except BaseException as err:  # re-raised by the main thread
@@ -85,6 +88,9 @@ def main() -> None:
     parser.add_argument("--trainings", default="1,8,16,32", help="trainings at once to measure")
     parser.add_argument("--epochs", type=int, default=62)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--cuda-matmul-precision", default="ieee", help="the trainings' float32 matmuls: ieee, tf32"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     if args.epochs <= RELEASE_AFTER_EPOCH + 2:
@@ -98,12 +104,13 @@ def main() -> None:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "max_connections": os.environ["CUDA_DEVICE_MAX_CONNECTIONS"],
+        "cuda_matmul_precision": args.cuda_matmul_precision,
     }
     print(" ".join(f"{k}={v}" for k, v in header.items()))
     print(f"{'trainings':>9} {'epochs/s':>9} {'s/epoch':>9} {'torch MB':>9} {'warm-up s':>9}")
     rows = []
     for k in map(int, args.trainings.split(",")):
-        row = run_together(data, k, args.epochs, args.device)
+        row = run_together(data, k, args.epochs, args.device, args.cuda_matmul_precision)
         rows.append(row)
         print(
             f"{k:>9} {row['aggregate_epochs_per_s']:>9.1f} {row['per_training_s_per_epoch']:>9.4f}"

@@ -84,10 +84,13 @@ class GpuSampler:
                     self.memory_mb = max(self.memory_mb, memory)
 
 
-def run_packing(k: int, n_trials: int, epochs: int, storage: Path, process: str) -> dict:
+def run_packing(
+    k: int, n_trials: int, epochs: int, storage: Path, process: str, precision: str
+) -> dict:
     """One sweep of ``n_trials`` trials with at most ``k`` per GPU; return its figures.
 
-    ``process``: "per-trial" or "per-gpu" (``resources.one_process_per_gpu``).
+    ``process``: "per-trial" or "per-gpu" (``resources.one_process_per_gpu``); ``precision``:
+    the trials' ``cuda_matmul_precision``.
     """
     overrides = {
         "seeds": list(range(n_trials)),
@@ -95,6 +98,7 @@ def run_packing(k: int, n_trials: int, epochs: int, storage: Path, process: str)
         "search": {},
         "num_samples": 1,
         "train.n_epochs": epochs,
+        "train.cuda_matmul_precision": precision,
         "resources.trials_per_gpu": k,
         "resources.cpus_per_trial": 0.5,
         "resources.one_process_per_gpu": process == "per-gpu",
@@ -123,6 +127,7 @@ def run_packing(k: int, n_trials: int, epochs: int, storage: Path, process: str)
     return {
         "process": process,
         "trials_per_gpu": k,
+        "precision": precision,
         "trials": n_trials,
         "completed": summary["n_completed"],
         "together_epochs_per_s": together_rate(ends, window) if n_trials == slots else None,
@@ -154,6 +159,9 @@ def main() -> None:
     parser.add_argument(
         "--process", default="per-trial", help="per-trial, per-gpu or per-trial,per-gpu"
     )
+    parser.add_argument(
+        "--cuda-matmul-precision", default="ieee", help="the trials' float32 matmuls: ieee, tf32"
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
 
@@ -167,7 +175,9 @@ def main() -> None:
         runs.append(("per-trial", 1, args.sequential))
     rows = []
     for process, k, n_trials in runs:
-        rows.append(run_packing(k, n_trials, args.epochs, storage, process))
+        rows.append(
+            run_packing(k, n_trials, args.epochs, storage, process, args.cuda_matmul_precision)
+        )
         print_table(rows)  # after every sweep: a cut-short run keeps what it measured
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sweeper.search import DATA_PREFIX, check_search
-from trainables.config import DataConfig, TrainConfig, load_data_config, load_train_config
+from trainables.config import (
+    PROCESS_WIDE_KEYS,
+    DataConfig,
+    TrainConfig,
+    load_data_config,
+    load_train_config,
+)
 from trainables.constants import DEFAULT_METRIC, DEFAULT_MODE, METRIC_KEYS
 from trainables.integration import INTEGRATION_KEYS
 from trainables.schema import (
@@ -43,8 +49,8 @@ class ResourcesSpec:
     ``one_process_per_gpu`` runs the trials that share a GPU in one process per GPU, side by
     side on CUDA streams of their own, instead of a process per trial: kernels of one process
     overlap, those of several processes take turns (``docs/performance.md``). Every trial keeps
-    the bits it has in a process of its own. Its trials must share ``deterministic`` and
-    ``cpu_threads``, which torch keeps per process.
+    the bits it has in a process of its own. Its trials must share ``deterministic``,
+    ``cpu_threads`` and ``cuda_matmul_precision``, which torch keeps per process.
     """
 
     cpus_per_trial: float = 1.0
@@ -154,7 +160,7 @@ class SweepSpec:
             )
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ConfigError("max_concurrent_trials", "allowed: an integer >= 1, or null")
-        per_process = [k for k in self.search if k in ("deterministic", "cpu_threads")]
+        per_process = [k for k in self.search if k in PROCESS_WIDE_KEYS]
         if self.resources.one_process_per_gpu and per_process:
             raise ConfigError(
                 f"search.{per_process[0]}",

@@ -57,6 +57,7 @@ def test_configs_are_frozen():
         ({"grad_clip": 0}, "grad_clip", "null"),
         ({"device": "gpu"}, "device", "cuda"),
         ({"model.prior_mean": "random"}, "model.prior_mean", "zero, learned"),
+        ({"cuda_matmul_precision": "bf16"}, "cuda_matmul_precision", "ieee, tf32"),
         ({"model.hidden": [64, "x"]}, "model.hidden[1]", "integer"),
         ({"optimizer.adamw_betas": [0.9]}, "optimizer.adamw_betas", "2 values"),
         ({"deterministic": "yes"}, "deterministic", "true or false"),

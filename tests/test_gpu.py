@@ -26,6 +26,16 @@ def test_replicates_on_the_gpu_are_bit_for_bit_identical(gpu_config, tiny_data):
     assert other.fingerprint["weights"] != first.fingerprint["weights"]
 
 
+def test_tf32_matmuls_repeat_bit_for_bit_and_change_the_bits(gpu_config, tiny_data):
+    tf32 = dataclasses.replace(gpu_config, cuda_matmul_precision="tf32")
+    first, again = train(tf32, tiny_data), train(tf32, tiny_data)
+    assert first.seeding["fp32_precision"]["cuda.matmul"] == "tf32"
+    assert first.fingerprint == again.fingerprint
+    ieee = train(gpu_config, tiny_data)
+    assert ieee.seeding["fp32_precision"]["cuda.matmul"] == "ieee"
+    assert ieee.fingerprint["weights"] != first.fingerprint["weights"]
+
+
 @pytest.mark.parametrize("graphs", [True, False])
 def test_resume_on_the_gpu_ends_bit_for_bit(gpu_config, tiny_data, graphs):
     cfg = dataclasses.replace(gpu_config, cuda_graphs=graphs)

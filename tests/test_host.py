@@ -74,8 +74,9 @@ def test_a_full_host_says_so_and_other_process_settings_are_refused(tiny_train_c
     assert not host.start("two", tiny_train_config, None)  # full
     host2 = TrainingHost(slots=2, data=tiny_data)
     host2.start("one", long, None)
-    with pytest.raises(ValueError, match="deterministic and cpu_threads"):
-        host2.start("fast", dataclasses.replace(tiny_train_config, deterministic=False), None)
+    for other in ({"deterministic": False}, {"cuda_matmul_precision": "tf32"}):
+        with pytest.raises(ValueError, match="must share deterministic, cpu_threads, cuda_matmul"):
+            host2.start("other", dataclasses.replace(tiny_train_config, **other), None)
     with pytest.raises(ValueError, match="already on this host"):
         host2.start("one", long, None)
     for h in (host, host2):

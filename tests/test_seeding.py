@@ -130,6 +130,11 @@ def test_invalid_cpu_threads_raises(threads):
         seeding.set_seed(0, True, cpu_threads=threads)
 
 
+def test_invalid_cuda_matmul_precision_raises():
+    with pytest.raises(ValueError, match=r"cuda_matmul_precision.*'bf16'"):
+        seeding.set_seed(0, True, cuda_matmul_precision="bf16")
+
+
 # --- the switches and the record -----------------------------------------------------------
 
 
@@ -197,6 +202,19 @@ def test_cpu_threads_are_set_and_recorded(threads):
     assert torch.get_num_threads() == threads
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_cuda_matmul_precision_is_applied_and_recorded_and_nothing_else_is_tf32(deterministic):
+    record = seeding.set_seed(0, deterministic, cuda_matmul_precision="tf32")
+    assert torch.backends.cuda.matmul.allow_tf32 is record["matmul_allow_tf32"] is True
+    assert record["fp32_precision"]["cuda.matmul"] == "tf32"
+    if deterministic:
+        others = {k: v for k, v in record["fp32_precision"].items() if k != "cuda.matmul"}
+        assert set(others.values()) <= {"ieee"}
+        assert record["cudnn_allow_tf32"] is False
+    record = seeding.set_seed(0, deterministic)  # the default is IEEE float32 again
+    assert torch.backends.cuda.matmul.allow_tf32 is record["matmul_allow_tf32"] is False
+
+
 def test_deterministic_overrides_tf32_set_through_the_new_api():
     # The legacy allow_tf32 switches alone leave these flags at "tf32" (torch 2.13).
     torch.backends.fp32_precision = "tf32"
@@ -206,9 +224,11 @@ def test_deterministic_overrides_tf32_set_through_the_new_api():
     assert record["cudnn_allow_tf32"] is False and record["matmul_allow_tf32"] is False
 
 
-def test_nondeterministic_leaves_matmul_precision_alone():
-    torch.set_float32_matmul_precision("high")
-    assert seeding.set_seed(0, False)["float32_matmul_precision"] == "high"
+def test_cuda_matmul_precision_is_the_arguments_not_the_process_history():
+    torch.set_float32_matmul_precision("high")  # TF32 for CUDA matmuls, set elsewhere
+    record = seeding.set_seed(0, False)
+    assert record["matmul_allow_tf32"] is False
+    assert record["fp32_precision"]["cuda.matmul"] == "ieee"
 
 
 @pytest.mark.parametrize("value", [None, "0"])

@@ -60,6 +60,14 @@ def test_default_sweep_runs_on_the_simulated_data():
             "search.deterministic",
             "one process per trial",
         ),
+        (
+            {
+                "resources": {"one_process_per_gpu": True},
+                "search": {"cuda_matmul_precision": {"grid": ["ieee", "tf32"]}},
+            },
+            "search.cuda_matmul_precision",
+            "one process per trial",
+        ),
         ({"wandb": {"mode": "cloud"}}, "wandb.mode", "offline, online, disabled"),
         ({"train": {"model": {"z_i_dim": 0}}}, "train.model.z_i_dim", ">= 1"),
         ({"data": {"val_size": 3}}, "data.val_size", "(0, 1)"),

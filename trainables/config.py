@@ -132,6 +132,13 @@ class OptimizerConfig:
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
+CudaMatmulPrecision = Literal["ieee", "tf32"]
+"""Float32 matmuls on CUDA: IEEE float32, or TF32 tensor cores (``trainables.seeding``)."""
+
+PROCESS_WIDE_KEYS = ("deterministic", "cpu_threads", "cuda_matmul_precision")
+"""TrainConfig keys that torch keeps per process: trainings sharing a process must agree."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Seed, determinism, schedule and loss weights of one training run."""
@@ -148,6 +155,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cpu_threads: int = 1  # torch CPU threads; results differ between thread counts
+    cuda_matmul_precision: CudaMatmulPrecision = "ieee"  # tf32: faster, other bits
     cuda_graphs: bool = True  # on a GPU, replay each epoch of steps from one CUDA graph
     compile: bool = True  # on a GPU, fuse the loss's kernels with torch.compile
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainables.config import DataConfig, TrainConfig
+from trainables.config import PROCESS_WIDE_KEYS, DataConfig, TrainConfig
 from trainables.prepared import PreparedData
 from trainables.train import train
 
@@ -31,7 +31,7 @@ class Cancelled(Exception):
 @dataclass
 class _Training:
     key: str
-    process_settings: tuple[bool, int]  # deterministic, cpu_threads: process-wide in torch
+    process_settings: tuple  # the values of PROCESS_WIDE_KEYS: torch keeps them per process
     items: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     last_taken: float = field(default_factory=time.monotonic)
@@ -86,11 +86,10 @@ class TrainingHost:
         it is found orphaned, and the caller's next attempt must not wait for that.
 
         Raises:
-            ValueError: ``key`` is in use, or the training's ``deterministic`` or
-                ``cpu_threads`` differ from those of the trainings running here (torch keeps
-                them per process).
+            ValueError: ``key`` is in use, or the training's settings that torch keeps per
+                process (``PROCESS_WIDE_KEYS``) differ from those of the trainings running here.
         """
-        settings = (train_cfg.deterministic, train_cfg.cpu_threads)
+        settings = tuple(getattr(train_cfg, k) for k in PROCESS_WIDE_KEYS)
         with self._lock:
             if key in self._trainings:
                 raise ValueError(f"a training {key!r} is already on this host")
@@ -100,7 +99,7 @@ class TrainingHost:
             for other in alive:
                 if other.process_settings != settings:
                     raise ValueError(
-                        f"trainings in one process must share deterministic and cpu_threads: "
+                        f"trainings in one process must share {', '.join(PROCESS_WIDE_KEYS)}: "
                         f"{key!r} has {settings}, {other.key!r} has {other.process_settings}"
                     )
             training = _Training(key, settings)

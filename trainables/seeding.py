@@ -13,10 +13,12 @@ import os
 import random
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
+
+from trainables.config import CudaMatmulPrecision
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 """cuBLAS workspace setting that makes cuBLAS deterministic (``":16:8"`` also would, slower)."""
@@ -50,21 +52,32 @@ def determinism_env() -> dict[str, str]:
     return {"CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE_CONFIG}
 
 
-def set_seed(seed: int, deterministic: bool, cpu_threads: int = 1) -> dict[str, Any]:
+def set_seed(
+    seed: int,
+    deterministic: bool,
+    cpu_threads: int = 1,
+    cuda_matmul_precision: CudaMatmulPrecision = "ieee",
+) -> dict[str, Any]:
     """Seed every global RNG and apply torch's determinism switches; return what was set.
 
     Seeds Python's ``random``, NumPy's global RNG and torch on the CPU and all CUDA devices. With
     ``deterministic=True`` torch raises on ops that have no deterministic implementation, cuDNN
-    autotuning and TF32 (matmul and cuDNN) are off, and ``CUBLAS_WORKSPACE_CONFIG`` is set if
-    unset. With ``deterministic=False`` the deterministic checks are off and cuDNN autotuning is
-    on; TF32 and the float32 matmul precision are left as they are (torch's defaults, unless an
-    earlier call changed them) and recorded. The CPU thread count is always fixed, since CPU
-    results differ between thread counts.
+    autotuning and TF32 are off everywhere but where ``cuda_matmul_precision`` asks for it, and
+    ``CUBLAS_WORKSPACE_CONFIG`` is set if unset. With ``deterministic=False`` the deterministic
+    checks are off and cuDNN autotuning is on; TF32 elsewhere than CUDA matmuls is left as it is
+    (torch's defaults, unless an earlier call changed them) and recorded. The CPU thread count
+    and the precision of CUDA float32 matmuls are always set, as both change results.
+
+    TF32 matmuls (``"tf32"``: tensor cores, inputs rounded to a 10-bit mantissa) are as
+    deterministic as IEEE ones: a run repeats bit for bit, but gives other bits than in IEEE
+    float32. They need an Ampere or later GPU (elsewhere matmuls stay IEEE); CPU matmuls are
+    not affected.
 
     Args:
         seed: The seed, an integer in ``[0, 2**32)``.
         deterministic: Whether to make torch raise on, or avoid, nondeterministic kernels.
         cpu_threads: Threads for torch's intra-op CPU parallelism.
+        cuda_matmul_precision: ``"ieee"`` (float32) or ``"tf32"`` for float32 matmuls on CUDA.
 
     Returns:
         A JSON-ready record of the settings, read back from torch and the environment:
@@ -78,12 +91,17 @@ def set_seed(seed: int, deterministic: bool, cpu_threads: int = 1) -> dict[str, 
         started, or None).
 
     Raises:
-        ValueError: ``seed`` is not an integer in ``[0, 2**32)``, or ``cpu_threads`` is not a
-            positive integer.
+        ValueError: ``seed`` is not an integer in ``[0, 2**32)``, ``cpu_threads`` is not a
+            positive integer, or ``cuda_matmul_precision`` is neither ``"ieee"`` nor ``"tf32"``.
     """
     seed = _check_seed(seed)
     if isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int) or cpu_threads < 1:
         raise ValueError(f"cpu_threads must be an integer >= 1, got {cpu_threads!r}")
+    if cuda_matmul_precision not in get_args(CudaMatmulPrecision):
+        raise ValueError(
+            f"cuda_matmul_precision must be one of {get_args(CudaMatmulPrecision)}, "
+            f"got {cuda_matmul_precision!r}"
+        )
     if deterministic:
         _set_cublas_workspace_config()
 
@@ -104,6 +122,8 @@ def set_seed(seed: int, deterministic: bool, cpu_threads: int = 1) -> dict[str, 
         torch.set_float32_matmul_precision("highest")
         for owner in _fp32_flag_owners().values():
             owner.fp32_precision = "ieee"
+    # The legacy switch writes the leaf flag (cuda.matmul), which overrides its parents.
+    torch.backends.cuda.matmul.allow_tf32 = cuda_matmul_precision == "tf32"
     torch.set_num_threads(cpu_threads)
 
     return {

@@ -126,7 +126,12 @@ def _train(
     started: tuple[float, float],  # perf_counter, Unix time
 ) -> RunResult:
     with PROCESS_LOCK:  # the global RNGs: parameters are drawn from them
-        seeding = set_seed(train_cfg.seed, train_cfg.deterministic, train_cfg.cpu_threads)
+        seeding = set_seed(
+            train_cfg.seed,
+            train_cfg.deterministic,
+            train_cfg.cpu_threads,
+            train_cfg.cuda_matmul_precision,
+        )
         model = InVAE(prepared.n_genes, prepared.n_bio, prepared.n_tech, train_cfg.model)
         model = model.to(device)
         noise = fork_default_generator(device)
