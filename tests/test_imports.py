@@ -15,6 +15,8 @@ import pytest
         ("trainables.datasets", ("anndata", "scanpy", "torch")),
         ("trainables.integration", ("anndata", "scanpy", "torch")),
         ("trainables.train", ("ray", "wandb", "scanpy")),
+        # What every trial worker and training process imports as it starts.
+        ("trainables.ray_trainable", ("anndata", "scanpy", "sklearn")),
         ("sweeper.analysis", ("torch", "ray", "anndata", "wandb")),
         ("sweeper.verification_report", ("torch", "ray", "anndata", "wandb")),
     ],

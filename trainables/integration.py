@@ -11,8 +11,6 @@ The silhouettes cost time quadratic in the number of cells, which ``max_cells`` 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import silhouette_samples, silhouette_score
-from sklearn.neighbors import NearestNeighbors
 
 BIO_KEYS: tuple[str, ...] = ("bio_asw", "bio_knn_accuracy")
 BATCH_KEYS: tuple[str, ...] = ("batch_asw", "batch_entropy")
@@ -104,6 +102,10 @@ def integration_metrics(
             f"need at least 2 cell types and more cells than cell types; the {len(x)} scored "
             f"cells hold {n_types} cell type(s)"
         )
+    # Imported here: scikit-learn adds ~1 s to the start of every process that trains.
+    from sklearn.metrics import silhouette_score
+    from sklearn.neighbors import NearestNeighbors
+
     k = min(n_neighbors, len(x) - 1)
     neighbors = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(return_distance=False)
     n_batches = batch.max() + 1
@@ -195,6 +197,8 @@ def _batch_asw(x: np.ndarray, types: np.ndarray, batches: np.ndarray) -> float:
     Returns:
         The batch ASW, or NaN if no cell type has a defined batch silhouette.
     """
+    from sklearn.metrics import silhouette_samples
+
     per_type = []
     for cell_type in np.unique(types):
         in_type = types == cell_type
