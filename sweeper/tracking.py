@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
 from sweeper.spec import LoadedSweep
 from trainables.constants import WANDB_CONFIG_KEYS
+
+
+class _LoggingActor(_WandbLoggingActor):
+    """Ray's per-trial W&B logging actor, closing its W&B service connection when done.
+
+    Ray kills the actor once its run has finished; W&B's own exit hook then finds its service
+    gone and prints a ``ConnectionResetError`` traceback for a run that was saved in full.
+    """
+
+    def run(self):
+        super().run()
+        self._wandb.teardown()
 
 
 class ProvenanceWandbCallback(WandbLoggerCallback):
@@ -19,6 +31,7 @@ class ProvenanceWandbCallback(WandbLoggerCallback):
     """
 
     AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, *WANDB_CONFIG_KEYS]
+    _logger_actor_cls = _LoggingActor
 
 
 def wandb_callback(sweep: LoadedSweep, folder: Path) -> ProvenanceWandbCallback:
