@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny simulated dataset, prepared once per session, and small configs."""
 
 import os
+from unittest import mock
 
 import pytest
 
@@ -45,16 +46,8 @@ def ray_env(tmp_path_factory):
         "WANDB_SILENT": "true",
         "INVAE_SWEEP_CACHE": str(tmp_path_factory.mktemp("ray-cache")),
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # local workers inherit the driver's environment
-    try:
+    with mock.patch.dict(os.environ, env):  # local workers inherit the driver's environment
         yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

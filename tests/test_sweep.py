@@ -57,6 +57,12 @@ def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
         assert t["environment"]["device"] == "cpu"
     with open(folder / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4
+    for t in trials:  # Tune's own per-epoch logs of each trial, without TensorBoard files
+        trial_folder = (folder / t["run_json"]).parent
+        with open(trial_folder / "progress.csv") as handle:
+            assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4, 5]
+        assert (trial_folder / "result.json").exists()
+        assert not list(trial_folder.glob("events.out.tfevents*"))
     assert (folder / "best" / "run.json").exists() and (folder / "best" / "model.pt").exists()
     best = json.loads((folder / "best" / "run.json").read_text())
     assert best["trial"]["trial_id"] == summary["best_trial"]
