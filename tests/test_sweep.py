@@ -75,6 +75,20 @@ def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
     assert "PCA of log-normalised counts" in (folder / "report.md").read_text()
 
 
+def test_wandb_queue_keeps_every_result_in_order_without_waiting_for_each(ray_session):
+    from ray.util.queue import Queue
+
+    from sweeper.tracking import _PipelinedQueue
+
+    queue = Queue()
+    items = [("result", {"epoch": epoch}) for epoch in range(1, 201)] + [("end", None)]
+    pipelined = _PipelinedQueue(queue)
+    for item in items:
+        pipelined.put(item)
+    assert [queue.get(timeout=30) for _ in items] == items
+    assert queue.empty()
+
+
 def test_every_trial_has_an_offline_wandb_run_with_provenance(ray_session, tmp_path):
     summary = run_sweep(smoke_sweep(tmp_path, "wb", replicates=1), DriverOptions(gpus=0))
     runs = {p.name.rsplit("-", 1)[-1]: p for p in (tmp_path / "wb" / "wandb").glob("offline-run-*")}
