@@ -42,7 +42,7 @@ def gpus_per_trial(sweep: LoadedSweep, n_gpus: int, n_cpus: float | None = None)
 
 
 def worker_env(sweep: LoadedSweep) -> dict[str, str]:
-    """Environment every trial and logging actor needs, on every node (via ``runtime_env``)."""
+    """Environment every trial and logging actor needs, on every node (see ``connect``)."""
     env = dict(determinism_env())
     if sweep.spec.wandb.mode == "offline":
         env["WANDB_MODE"] = "offline"  # mode="offline" alone still asks for an API key
@@ -66,11 +66,13 @@ def connect(options: DriverOptions, env: dict[str, str]) -> tuple[int, float, bo
     started = False
     address = options.address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        os.environ.update(env)  # local workers inherit it; remote ones get runtime_env
-        runtime_env = {"env_vars": env}
+        # A Ray started here passes this environment on to its workers, which start faster
+        # without a runtime_env (~2 s per batch of worker processes on 2 cores); a cluster's
+        # nodes get it through runtime_env.
+        os.environ.update(env)
         if address:
             try:
-                ray.init(address=address, runtime_env=runtime_env)
+                ray.init(address=address, runtime_env={"env_vars": env})
             except ConnectionError as err:
                 raise SweepError(
                     f"cannot connect to the Ray cluster at {address} ({err}); if it uses token "
@@ -83,7 +85,6 @@ def connect(options: DriverOptions, env: dict[str, str]) -> tuple[int, float, bo
                 num_cpus=options.cpus,
                 num_gpus=options.gpus,
                 include_dashboard=False,
-                runtime_env=runtime_env,
             )
         started = True
     resources = ray.cluster_resources()

@@ -46,7 +46,8 @@ _FP32_PRECISION_FLAGS = (
 def determinism_env() -> dict[str, str]:
     """Return the environment variables a worker process needs before its first CUDA work.
 
-    The Ray driver passes these through ``runtime_env={"env_vars": ...}``: cuBLAS reads its
+    The Ray driver sets these in the Ray it starts, whose workers inherit them, or passes them
+    to a cluster's workers through ``runtime_env={"env_vars": ...}``: cuBLAS reads its
     workspace setting once, at its first use in the process, so setting it later has no effect.
     """
     return {"CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE_CONFIG}
