@@ -75,13 +75,15 @@ def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
     assert "PCA of log-normalised counts" in (folder / "report.md").read_text()
 
 
-def test_wandb_queue_keeps_every_result_in_order_without_waiting_for_each(ray_session):
+def test_wandb_queue_keeps_every_result_in_order_without_waiting_for_them(ray_session):
+    from ray.air.integrations.wandb import _QueueItem
     from ray.util.queue import Queue
 
     from sweeper.tracking import _PipelinedQueue
 
     queue = Queue()
-    items = [("result", {"epoch": epoch}) for epoch in range(1, 201)] + [("end", None)]
+    items = [(_QueueItem.RESULT, {"epoch": epoch}) for epoch in range(1, 201)]
+    items.append((_QueueItem.END, None))
     pipelined = _PipelinedQueue(queue)
     for item in items:
         pipelined.put(item)
