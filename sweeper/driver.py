@@ -34,12 +34,13 @@ from trainables.schema import config_to_dict
 TUNE_DRIVER_ENV = {
     # Tune's driver takes each trial's result every epoch, and a trial in its own process
     # waits for that. Saving the experiment state after every result cut the results it takes
-    # per second ~3x; its default throttle (>= 10 s) could lose a trial that started and
-    # finished between two saves, which --resume would then train again. A trial that
-    # finished after the last save but is in it finds its synced run.json instead.
+    # per second several times over (scripts/bench_driver.py); Tune's default throttle
+    # (>= 10 s) could lose a trial that started and finished between two saves, which
+    # --resume would then train again. A trial that finished after the last save but is in
+    # it finds its synced run.json instead.
     "TUNE_GLOBAL_CHECKPOINT_S": "1",
     # Tune's TensorBoard logger halves the results it takes per second; the CSV and JSON
-    # logs of each trial are kept (``_callbacks``). Set to 0 for TensorBoard files too.
+    # logs of each trial are kept (``tune_callbacks``). Set to 0 for TensorBoard files too.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 """Environment of the driver's Tune (each key only where the user has not set it)."""
