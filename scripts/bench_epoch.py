@@ -9,9 +9,9 @@ sizes (z 30/5, hidden [128, 128], batch 256), same card, one process:
 Rows: ``ours`` (CUDA graphs and torch.compile, the defaults), ``ours-nocompile`` (graphs
 only), ``ours-eager`` (neither), each in deterministic and fast (non-deterministic) mode and
 each ``--precisions`` of CUDA float32 matmuls (``ieee``, the default, or ``tf32``), and
-``original`` (PyPI ``invae==0.1.0``
-``FinVAE``, installed with ``pip install --no-deps invae==0.1.0``). The first epoch is warm-up
-(allocation, graph capture) and reported apart; the figure quoted is the median of the others.
+``original`` (PyPI ``invae==0.1.0`` ``FinVAE``, installed with
+``pip install --no-deps invae==0.1.0``). The first epoch is warm-up (allocation, graph capture)
+and reported apart; the figure quoted is the median of the others.
 """
 
 from __future__ import annotations

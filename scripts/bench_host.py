@@ -51,8 +51,14 @@ def run_together(
             elif RELEASE_AFTER_EPOCH < row["epoch"] < epochs:
                 ends[seed].append(time.perf_counter())
 
-        overrides = {"device": device, "n_epochs": epochs, "seed": seed}
-        cfg = load_train_config(overrides={**overrides, "cuda_matmul_precision": precision})
+        cfg = load_train_config(
+            overrides={
+                "device": device,
+                "n_epochs": epochs,
+                "seed": seed,
+                "cuda_matmul_precision": precision,
+            }
+        )
         try:
             train(cfg, data, report=report)
         except BaseException as err:  # re-raised by the main thread
