@@ -7,6 +7,7 @@ the dense splits whether or not the cache was hit.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import warnings
@@ -62,7 +63,7 @@ class PreparedData:
         tech_categories: Per tech key, the category names in one-hot order.
         source: ``data_path``, ``input_sha256`` (for simulated data: of the simulation config),
             ``n_cells_input``, ``n_genes_input``, ``n_cells_dropped`` (no counts in the selected
-            genes) and ``cache_key``.
+            genes), ``cache_key`` and ``prepared_sha256`` (of the arrays trained on).
     """
 
     train: Split
@@ -140,8 +141,32 @@ def assemble(stored: StoredData, n_bio_keys: int) -> PreparedData:
         genes=tuple(meta["genes"]),
         bio_categories={key: tuple(names) for key, names in meta["bio"]},
         tech_categories={key: tuple(names) for key, names in meta["tech"]},
-        source=dict(meta["source"]),
+        source={**meta["source"], "prepared_sha256": stored_digest(stored)},
     )
+
+
+def stored_digest(stored: StoredData) -> str:
+    """SHA-256 of what training sees: counts, covariate codes and split rows (not the meta).
+
+    Two runs whose prepared data have the same digest trained on the same numbers, whatever
+    scanpy, anndata or NumPy version prepared them.
+    """
+    sha = hashlib.sha256()
+    arrays = (
+        stored.counts.data,
+        stored.counts.indices,
+        stored.counts.indptr,
+        np.asarray(stored.counts.shape, dtype=np.int64),
+        stored.codes,
+        stored.cell_index,
+        stored.train,
+        stored.val,
+    )
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        sha.update(f"{array.dtype.str}:{array.shape}:".encode())
+        sha.update(array.tobytes())
+    return sha.hexdigest()
 
 
 def write_cache(path: Path, stored: StoredData) -> None:

@@ -4,14 +4,21 @@
 ``commands/env.py``; printing and writing it are someone else's job. It never raises: whatever
 cannot be determined is None. Package versions come from installed metadata, so heavy packages
 (scanpy, ray, wandb) are never imported here.
+
+Besides versions, the system section holds what decides which kernels a run gets, and so its
+bits: the CPU's vector instruction set torch dispatches on, the GPU model, SM count and compute
+capability, the NVIDIA driver, and the CUDA, cuDNN, cuBLAS and Triton versions.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import os
 import platform
+import re
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,23 +27,6 @@ from urllib.parse import urlsplit, urlunsplit
 import torch
 
 T = TypeVar("T")
-
-PACKAGES = (
-    "torch",
-    "numpy",
-    "scipy",
-    "pandas",
-    "scanpy",
-    "anndata",
-    "scikit-learn",
-    "scikit-misc",
-    "ray",
-    "wandb",
-    "pyyaml",
-    "gitpython",
-    "invae-sweep",
-)
-"""Distributions whose versions are recorded, by their names on PyPI."""
 
 _PACKAGE_DIR = Path(__file__).resolve().parent  # inside the project checkout when not installed
 _SSH_SCHEMES = ("ssh", "git+ssh", "ssh+git")  # where a user name is not a secret
@@ -60,9 +50,14 @@ def get_environment_info(repo_path: str | Path | None = None) -> dict[str, Any]:
         - ``system``: ``python_version``, ``platform``, ``processor``, ``hostname``,
           ``torch_version``, ``cuda_available``, ``cuda_version`` and ``cudnn_version`` (those
           torch was built with; None for a CPU build), ``gpu_count``, ``gpu_names``,
-          ``gpu_memory`` (total memory per device, in bytes), ``cpu_count`` (logical CPUs of
-          the machine) and ``torch_num_threads``.
-        - ``packages``: installed version of each name in :data:`PACKAGES`, None if absent.
+          ``gpu_memory`` (total memory per device, in bytes), ``gpu_sm_counts`` (streaming
+          multiprocessors per device), ``gpu_capabilities`` (``"9.0"``), ``nvidia_driver``
+          (the kernel driver's version, ``"580.159.04"``), ``cublas_version`` (of the cuBLAS
+          library loaded, ``"13.1.0"``), ``triton_version``, ``cpu_capability`` (the vector
+          instruction set torch's CPU kernels use: ``"AVX512"``, ``"AVX2"``, ...),
+          ``cpu_count`` (logical CPUs of the machine) and ``torch_num_threads``.
+        - ``packages``: every installed distribution and its version, as ``pip freeze``
+          lists them, by normalized name (``"torch"``, ``"pyyaml"``, ``"scikit-learn"``).
 
     Note:
         With a GPU present this initializes CUDA in the calling process (not cuBLAS): call
@@ -132,6 +127,7 @@ def _system_info() -> dict[str, Any]:
     cuda_available = torch.cuda.is_available()
     # Device names and memory initialize CUDA in this process (see the Note above).
     devices = range(torch.cuda.device_count()) if cuda_available else range(0)
+    properties = [torch.cuda.get_device_properties(i) for i in devices]
     return {
         "python_version": platform.python_version(),
         "platform": platform.platform(),
@@ -143,7 +139,13 @@ def _system_info() -> dict[str, Any]:
         "cudnn_version": _try(_cudnn_version),
         "gpu_count": len(devices),
         "gpu_names": [torch.cuda.get_device_name(i) for i in devices],
-        "gpu_memory": [torch.cuda.get_device_properties(i).total_memory for i in devices],
+        "gpu_memory": [p.total_memory for p in properties],
+        "gpu_sm_counts": [p.multi_processor_count for p in properties],
+        "gpu_capabilities": [f"{p.major}.{p.minor}" for p in properties],
+        "nvidia_driver": _try(_nvidia_driver) if cuda_available else None,
+        "cublas_version": _try(_cublas_version) if cuda_available else None,
+        "triton_version": _try(_triton_version),
+        "cpu_capability": _try(torch.backends.cpu.get_cpu_capability),
         "cpu_count": os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),
     }
@@ -153,8 +155,78 @@ def _cudnn_version() -> int | None:
     return torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
 
 
-def _package_versions() -> dict[str, str | None]:
-    return {name: _try(lambda name=name: importlib.metadata.version(name)) for name in PACKAGES}
+def _nvidia_driver() -> str | None:
+    """The NVIDIA kernel driver's version: from /proc on Linux, else from nvidia-smi."""
+    try:
+        found = driver_version(Path("/proc/driver/nvidia/version").read_text())
+        if found:
+            return found
+    except OSError:
+        pass
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    ).stdout.split()
+    return out[0] if out else None
+
+
+def driver_version(proc_text: str) -> str | None:
+    """The version in ``/proc/driver/nvidia/version``'s text ("... Kernel Module  580.159.04")."""
+    found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", proc_text)
+    return found.group(1) if found else None
+
+
+def _cublas_version() -> str | None:
+    """The version of the cuBLAS library torch loaded, as ``major.minor.patch``.
+
+    torch does not report it; ``cublasGetProperty`` needs no handle, so asking initializes no
+    cuBLAS state. The library is the one mapped into this process (Linux), else the one the
+    loader finds.
+    """
+    library = _loaded_library("libcublas.so") or "libcublas.so"
+    cublas = ctypes.CDLL(library)
+    parts = []
+    for prop in (0, 1, 2):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
+        value = ctypes.c_int()
+        if cublas.cublasGetProperty(prop, ctypes.byref(value)) != 0:
+            return None
+        parts.append(str(value.value))
+    return ".".join(parts)
+
+
+def _loaded_library(stem: str) -> str | None:
+    """The path of a shared library mapped into this process whose name starts with ``stem``."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    for line in maps:
+        path = line.split()[-1] if line.split() else ""
+        if Path(path).name.startswith(stem):
+            return path
+    return None
+
+
+def _triton_version() -> str | None:
+    for name in ("triton", "pytorch-triton", "triton-windows"):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _package_versions() -> dict[str, str]:
+    """Every installed distribution's version by normalized name (PEP 503), sorted."""
+    versions = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            versions.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
+    return dict(sorted(versions.items()))
 
 
 def _try(get: Callable[[], T]) -> T | None:
