@@ -9,6 +9,7 @@ of the input, the data config and :data:`PREP_VERSION`, so a second call skips s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import warnings
@@ -299,9 +300,23 @@ def write_embedding(
     """
     out = ad.AnnData(obs=adata.obs.copy(), obsm=dict(latents))
     out.uns["invae"] = meta
-    with atomic_path(path, suffix=".h5ad") as tmp:
+    with atomic_path(path, suffix=".h5ad") as tmp, _nullable_strings_allowed():
         out.write_h5ad(tmp)
     return Path(path)
+
+
+def _nullable_strings_allowed() -> Any:
+    """Let anndata write pandas string arrays (readable by anndata >= 0.11).
+
+    pandas 3 reads an h5ad's strings as its string dtype, and anndata itself makes the index
+    of an AnnData built from ``obs`` alone one; anndata 0.12 refuses to write them unless
+    ``allow_write_nullable_strings`` is set (anndata 0.13 writes them by default). Older
+    anndata has no such setting and writes what pandas 2 gives it.
+    """
+    settings = getattr(ad, "settings", None)
+    if settings is None or not hasattr(settings, "allow_write_nullable_strings"):
+        return contextlib.nullcontext()
+    return settings.override(allow_write_nullable_strings=True)
 
 
 def _onehot(column: pd.Series, names: list[str], key: str) -> np.ndarray:
