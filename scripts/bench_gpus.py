@@ -22,6 +22,7 @@ from bench_sweep import GpuSampler
 
 from sweeper.driver import DriverOptions, run_sweep
 from sweeper.spec import load_sweep
+from trainables.run_record import load_run
 
 CONFIG = Path(__file__).parents[1] / "configs" / "sweep.yaml"
 
@@ -37,15 +38,15 @@ def run(gpus: int, epochs: int, storage: Path) -> dict:
     wall = time.time() - started
     folder = storage / name
     placement = Counter()
-    for trial in summary["trials"]:
-        record = json.loads((folder / trial["run_json"]).read_text())
-        placement.update(record["trial"]["node"]["gpu_ids"])
+    for trial in summary.trials:
+        record = load_run(folder / trial.trial_dir)
+        placement.update(record.trial.node["gpu_ids"])
     return {
         "gpus": gpus,
-        "trials": summary["n_trials"],
-        "completed": summary["n_completed"],
+        "trials": summary.n_trials,
+        "completed": summary.n_completed,
         "wall_s": round(wall, 1),
-        "trials_per_hour": round(summary["n_completed"] / wall * 3600, 1),
+        "trials_per_hour": round(summary.n_completed / wall * 3600, 1),
         "trials_per_gpu": dict(sorted(placement.items())),
         "gpu_util_pct": {g: round(statistics.fmean(s), 1) for g, s in sampler.per_gpu.items()},
         "wandb_offline_runs": len(list((folder / "wandb").glob("offline-run-*"))),

@@ -39,6 +39,7 @@ import torch
 
 from sweeper.driver import DriverOptions, run_sweep
 from sweeper.spec import load_sweep
+from trainables.run_record import load_run
 
 CONFIG = Path(__file__).parents[1] / "configs" / "sweep.yaml"
 
@@ -114,9 +115,7 @@ def run_packing(
         summary = run_sweep(sweep, DriverOptions(gpus=1))
     wall = time.time() - started
     folder = storage / sweep.spec.name
-    timings = [
-        json.loads((folder / t["run_json"]).read_text())["timing"] for t in summary["trials"]
-    ]
+    timings = [load_run(folder / t.trial_dir).timing for t in summary.trials]
     span = max(t["finished_unix"] for t in timings) - min(t["started_unix"] for t in timings)
     slots = min(k, n_trials)
     per_trial = statistics.median(
@@ -129,7 +128,7 @@ def run_packing(
         "trials_per_gpu": k,
         "precision": precision,
         "trials": n_trials,
-        "completed": summary["n_completed"],
+        "completed": summary.n_completed,
         "together_epochs_per_s": together_rate(ends, window) if n_trials == slots else None,
         "span_epochs_per_s": n_trials * epochs / span,
         "per_trial_s_per_epoch": per_trial,

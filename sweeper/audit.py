@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
-from sweeper.analysis import verify_sweep, write_verification
-from sweeper.driver import DriverOptions, run_sweep, sweep_dir
+from sweeper.driver import DriverOptions, publish_outputs, run_trials, sweep_dir
+from sweeper.results import Summary
 from sweeper.spec import LoadedSweep
 from sweeper.storage import SweepFolder
+from sweeper.verify.analysis import verification_path, verify_sweep, write_verification
+from sweeper.verify.records import Verification
+from sweeper.verify.seal import write_seal
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """What an audit found and made: the verdict, its HTML report, the sweep's summary."""
+
+    verification: Verification
+    report: str
+    summary: Summary
 
 
 def audit_sweep(
@@ -44,19 +56,39 @@ def audit_sweep(
     return replace(sweep, spec=spec, train=train)
 
 
-def run_audit(sweep: LoadedSweep, options: DriverOptions) -> tuple[dict[str, Any], str]:
-    """Run the audit's replicates as Ray trials, verify them and write the verification files.
+def run_audit(
+    sweep: LoadedSweep,
+    options: DriverOptions,
+    on_verdict: Callable[[Verification, str], None] | None = None,
+) -> AuditOutcome:
+    """Run the audit's replicates as Ray trials, verify them, then make the sweep's outputs.
 
+    The verdict comes first: the trials' files are sealed and verified, and the verification
+    written, before any embedding, picture, report or W&B report run is made, so a failing
+    output can neither hide nor prevent it. The outputs are sealed too, at the end.
     Replicates run on different nodes where the cluster has several.
 
+    Args:
+        sweep: The audit (``audit_sweep``), with ``apply_options`` applied.
+        options: Where the trials run.
+        on_verdict: Called with the verification and its report's location as soon as they
+            are written (the command line prints them there).
+
     Returns:
-        The verification (see ``sweeper.analysis.verify_sweep``) and the HTML report's location.
+        The verification, its report and the summary (``outputs.error`` if outputs failed).
     """
-    run_sweep(sweep, replace(options, spread_replicates=True))
-    return verify_and_publish(sweep_dir(sweep))
+    folder = sweep_dir(sweep)
+    summary = run_trials(sweep, replace(options, spread_replicates=True))
+    write_seal(folder)
+    verification, html = verify_and_publish(folder)
+    if on_verdict is not None:
+        on_verdict(verification, html)
+    summary = publish_outputs(sweep, folder, summary)
+    write_seal(folder)
+    return AuditOutcome(verification, html, summary)
 
 
-def verify_and_publish(folder: SweepFolder) -> tuple[dict[str, Any], str]:
+def verify_and_publish(folder: SweepFolder) -> tuple[Verification, str]:
     """Verify a sweep folder and write the verification JSON, markdown and HTML report into it.
 
     A remote folder is verified through a local copy.
@@ -65,13 +97,13 @@ def verify_and_publish(folder: SweepFolder) -> tuple[dict[str, Any], str]:
         The verification and the HTML report's location.
 
     Raises:
-        ResultFileError: A result file is missing or corrupt (named).
+        ResultFileError: ``summary.json`` is missing or not a sweep summary (named).
     """
-    from sweeper.verification_report import write_verification_report
+    from sweeper.verify.report import write_verification_report
 
     local = folder.download()
     verification = verify_sweep(local)
-    write_verification(local, verification)
+    write_verification(verification, verification_path(local))
     _, html = write_verification_report(verification, local)
     if folder.local is not None:
         return verification, str(html)

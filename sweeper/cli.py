@@ -103,7 +103,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return _fail(parser.prog, err, EXIT_USAGE)
     except NonFiniteLossError as err:
         return _fail(parser.prog, err, EXIT_FAILED)
-    print(f"wrote {args.out}/run.json  weights sha256 {result.fingerprint['weights'][:16]}…")
+    print(f"wrote {args.out}/run.json  weights sha256 {result.fingerprint.weights[:16]}…")
     return EXIT_OK
 
 
@@ -138,7 +138,16 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         return _fail(parser.prog, err, EXIT_USAGE)
     print(format_summary(summary))
     print(f"results: {sweep_dir(sweep)}")
-    return EXIT_FAILED if summary["n_errored"] else EXIT_OK
+    failed = _outputs_failed(parser.prog, summary)
+    return EXIT_FAILED if summary.n_errored or failed else EXIT_OK
+
+
+def _outputs_failed(prog: str, summary: Any) -> bool:
+    """Say in one line why the post-sweep outputs failed, if they did."""
+    error = summary.outputs.error if summary.outputs else None
+    if error:
+        print(f"{prog}: outputs failed: {error}", file=sys.stderr)
+    return bool(error)
 
 
 def _add_ray_options(parser: argparse.ArgumentParser, name_help: str) -> None:
@@ -173,26 +182,35 @@ def _dry_run_gpus(gpus: int | None) -> int:
 
 
 def verify_main(argv: Sequence[str] | None = None) -> int:
-    """``invae-verify``: check that replicates of a finished sweep are bit-for-bit identical."""
-    from sweeper.analysis import write_verification
+    """``invae-verify``: prove a finished sweep's files and its replicates' bits.
+
+    Every fingerprint is recomputed from the files; the folder is checked against its seal.
+    Exit 0: every check passed; 1: something was altered or replicates diverged; 2: a file is
+    missing or unreadable.
+    """
     from sweeper.audit import verify_and_publish
     from sweeper.storage import SweepFolder
-    from sweeper.verification_report import format_verdict
+    from sweeper.verify.analysis import write_verification
+    from sweeper.verify.verdict import format_verdict
     from trainables.files import ResultFileError
 
-    parser = argparse.ArgumentParser(prog="invae-verify", description=verify_main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="invae-verify",
+        description=verify_main.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("sweep_dir", help="a sweep folder (holding summary.json), or its URI")
     parser.add_argument("--json", metavar="OUT", help="also write the verification JSON here")
     args = parser.parse_args(argv)
     try:
         verification, html = verify_and_publish(SweepFolder(args.sweep_dir))
+        if args.json:
+            write_verification(verification, args.json)
     except (ResultFileError, OSError) as err:
         return _fail(parser.prog, err, EXIT_USAGE)
-    if args.json:
-        write_verification(args.sweep_dir, verification, args.json)
     print(format_verdict(verification))
     print(f"report: {html}")
-    return EXIT_OK if verification["passed"] else EXIT_FAILED
+    return verification.exit_code
 
 
 def audit_main(argv: Sequence[str] | None = None) -> int:
@@ -200,7 +218,7 @@ def audit_main(argv: Sequence[str] | None = None) -> int:
     from sweeper.audit import audit_sweep, run_audit
     from sweeper.driver import apply_options
     from sweeper.spec import SweepError, load_sweep
-    from sweeper.verification_report import format_verdict
+    from sweeper.verify.verdict import format_verdict
     from trainables.files import ResultFileError
 
     parser = argparse.ArgumentParser(prog="invae-audit", description=audit_main.__doc__)
@@ -222,12 +240,16 @@ def audit_main(argv: Sequence[str] | None = None) -> int:
         sweep = load_sweep(args.config, _smoke_sweep_overrides() if args.smoke else None)
         deterministic = None if args.deterministic is None else args.deterministic == "true"
         sweep = apply_options(audit_sweep(sweep, args.seed, args.repeats, deterministic), options)
-        verification, html = run_audit(sweep, options)
+
+        def show(verification: Any, html: str) -> None:  # the verdict, before the outputs
+            print(format_verdict(verification))
+            print(f"report: {html}", flush=True)
+
+        outcome = run_audit(sweep, options, on_verdict=show)
     except (ConfigError, SweepError, ResultFileError) as err:
         return _fail(parser.prog, err, EXIT_USAGE)
-    print(format_verdict(verification))
-    print(f"report: {html}")
-    return EXIT_OK if verification["passed"] else EXIT_FAILED
+    failed = _outputs_failed(parser.prog, outcome.summary)
+    return outcome.verification.exit_code or (EXIT_FAILED if failed else EXIT_OK)
 
 
 def reproduce_main(argv: Sequence[str] | None = None) -> int:
@@ -235,7 +257,8 @@ def reproduce_main(argv: Sequence[str] | None = None) -> int:
     import tempfile
 
     from sweeper.report import format_table
-    from sweeper.reproduce import reproduce_run
+    from sweeper.verify.reproduce import reproduce_run
+    from sweeper.verify.verdict import alteration_line
     from trainables.datasets import DataError
     from trainables.files import ResultFileError
 
@@ -248,20 +271,29 @@ def reproduce_main(argv: Sequence[str] | None = None) -> int:
         outcome = reproduce_run(args.run_dir, out)
     except (ConfigError, DataError, ResultFileError) as err:
         return _fail(parser.prog, err, EXIT_USAGE)
-    differences = outcome["environment_differences"]
+    comparison = outcome.comparison
+    for alteration in outcome.recorded_altered:
+        print(f"recorded run altered: {alteration_line(alteration)}")
+    differences = [
+        {"field": d.field, "recorded": d.values[0], "current": d.values[1], "decisive": d.decisive}
+        for d in comparison.environment
+    ]
     print("environment: " + ("as recorded" if not differences else "differs from the record:"))
     if differences:
         print(format_table(differences))
-    for key, same in outcome["same"].items():
+    for key, same in comparison.same.items():
         print(f"{key:>9}: {'identical' if same else 'DIFFERENT'}")
-    if outcome["first_divergence"]:
-        first = outcome["first_divergence"]
-        print(f"first divergence: epoch {first['epoch']}: {', '.join(first['metrics'])}")
-    if outcome["differing_tensors"]:
-        print(format_table(outcome["differing_tensors"][:10]))
-    print(f"rerun: {outcome['rerun']}")
-    print("REPRODUCED bit for bit" if outcome["identical"] else "NOT REPRODUCED")
-    return EXIT_OK if outcome["identical"] else EXIT_FAILED
+    if comparison.not_comparable_because:
+        print("not comparable bit for bit: " + ", ".join(comparison.not_comparable_because))
+    if comparison.first_divergence:
+        first = comparison.first_divergence
+        print(f"first divergence: epoch {first.epoch}: {', '.join(first.metrics)}")
+    if comparison.differing_tensors:
+        rows = [dict(vars(t)) for t in comparison.differing_tensors[:10]]
+        print(format_table(rows))
+    print(f"rerun: {outcome.rerun}")
+    print("REPRODUCED bit for bit" if outcome.reproduced else "NOT REPRODUCED")
+    return EXIT_OK if outcome.reproduced else EXIT_FAILED
 
 
 def embed_main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 ``run_sweep`` connects to (or starts) Ray, prepares the data once, runs every trial of a
 validated sweep and writes ``summary.json``, ``results.csv`` and ``best/`` into the sweep
-folder ``<storage>/<name>/``.
+folder ``<storage>/<name>/``; then, with Ray shut down, the post-sweep outputs (embeddings,
+pictures, report, W&B report run), and last the seal (``SHA256SUMS``) of every file.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import netrc
 import os
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,10 +25,11 @@ from sweeper.cluster import (
     start_training_hosts,
     worker_env,
 )
-from sweeper.results import SUMMARY_FILE, collect_results, write_spec_record
+from sweeper.results import Outputs, Summary, collect_results, write_spec_record, write_summary
 from sweeper.search import expand_trials, param_space, searched_values
 from sweeper.spec import LoadedSweep, SweepError
 from sweeper.storage import SweepFolder
+from sweeper.verify.seal import write_seal
 from trainables.constants import TUNE_REPLICATE
 from trainables.files import is_uri
 from trainables.schema import config_to_dict
@@ -44,6 +47,8 @@ TUNE_DRIVER_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 """Environment of the driver's Tune (each key only where the user has not set it)."""
+OUTPUTS_LOG = "outputs-error.log"
+"""The traceback of a failed post-sweep output, in the sweep folder."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,8 @@ def check_wandb(sweep: LoadedSweep) -> None:
 
 def run_sweep(
     sweep: LoadedSweep, options: DriverOptions, extra_callbacks: Sequence[Any] = ()
-) -> dict[str, Any]:
-    """Run (or resume) a sweep to the end and write its results.
+) -> Summary:
+    """Run (or resume) a sweep to the end, write its results and outputs, and seal them.
 
     Args:
         sweep: The validated sweep (``apply_options`` already applied).
@@ -119,11 +124,28 @@ def run_sweep(
         extra_callbacks: Further ``ray.tune.Callback`` objects (progress hooks, monitors).
 
     Returns:
-        The summary written to ``summary.json``.
+        The summary written to ``summary.json`` (``outputs.error`` says why outputs failed).
 
     Raises:
         SweepError: The sweep folder exists without ``--resume``, there is nothing to resume,
             or the cluster lacks the GPUs asked for.
+    """
+    folder = sweep_dir(sweep)
+    summary = run_trials(sweep, options, extra_callbacks)
+    summary = publish_outputs(sweep, folder, summary)
+    write_seal(folder)
+    return summary
+
+
+def run_trials(
+    sweep: LoadedSweep, options: DriverOptions, extra_callbacks: Sequence[Any] = ()
+) -> Summary:
+    """Run (or resume) every trial and write ``summary.json``, ``results.csv`` and ``best/``.
+
+    No outputs and no seal: :func:`run_sweep` adds them.
+
+    Raises:
+        SweepError: As :func:`run_sweep`.
     """
     import ray
 
@@ -164,9 +186,7 @@ def run_sweep(
         tuner = _make_tuner(
             sweep, folder, placement, (shared, hosts), options.resume, list(extra_callbacks)
         )
-        grid = tuner.fit()
-        summary = collect_results(sweep, folder, grid)
-        return publish_outputs(sweep, folder, summary)
+        return collect_results(sweep, folder, tuner.fit())
     finally:
         for host in hosts:
             ray.kill(host)
@@ -174,24 +194,38 @@ def run_sweep(
             ray.shutdown()
 
 
-def publish_outputs(sweep: LoadedSweep, folder: SweepFolder, summary: dict) -> dict:
-    """Embed and picture the best trials, compare with PCA, write the report; update summary."""
+def publish_outputs(sweep: LoadedSweep, folder: SweepFolder, summary: Summary) -> Summary:
+    """Embed and picture the best trials, compare with PCA, write the report; update summary.
+
+    Never raises for a failing output: the trials' results stand whatever happens here. The
+    error goes into ``summary.outputs.error`` in one line, its traceback into
+    ``outputs-error.log`` in the sweep folder.
+    """
     from sweeper.outputs import write_outputs, write_sweep_report
     from trainables.data import prepare_data
 
-    data = prepare_data(sweep.data) if folder.local is not None else None  # disk cache: cheap
-    summary = {**summary, "outputs": write_outputs(sweep, folder, summary, data)}
-    folder.write_json(SUMMARY_FILE, summary)
-    write_sweep_report(folder, summary)
-    if folder.local is not None and sweep.spec.wandb.mode != "disabled":
-        from sweeper.tracking import log_report
+    outputs = Outputs()
+    try:
+        data = prepare_data(sweep.data) if folder.local is not None else None  # disk cache
+        outputs = write_outputs(sweep, folder, summary, data)
+        summary = replace(summary, outputs=outputs)
+        write_summary(folder, summary)
+        write_sweep_report(folder, summary)
+        if folder.local is not None and sweep.spec.wandb.mode != "disabled":
+            from sweeper.tracking import log_report
 
-        images = {p.stem: p for p in sorted(folder.local.glob("*.png"))}
-        for entry in summary["outputs"]["best"]:
-            for key in ("umap_png", "loss_png"):
-                if key in entry:
-                    images[f"{entry['trial_id']}/{key[:-4]}"] = folder.local / entry[key]
-        log_report(sweep, folder.local, summary, images)
+            images = {p.stem: p for p in sorted(folder.local.glob("*.png"))}
+            for entry in outputs.best:
+                for name, path in (("umap", entry.umap_png), ("loss", entry.loss_png)):
+                    if path is not None:
+                        images[f"{entry.trial_id}/{name}"] = folder.local / path
+            log_report(sweep, folder.local, summary, images)
+    except Exception as err:  # any failure of an extra: record it, keep the results
+        folder.write_bytes(OUTPUTS_LOG, traceback.format_exc().encode())
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        error = f"{type(err).__name__}: {reason} (traceback: {folder}/{OUTPUTS_LOG})"
+        summary = replace(summary, outputs=replace(outputs, error=error))
+        write_summary(folder, summary)
     return summary
 
 

@@ -17,11 +17,12 @@ import numpy as np
 from sweeper.document import Image, Table, Text, render
 from sweeper.plots import loss_curves_png, metric_vs_params_png, seed_spread_png, umap_png
 from sweeper.report import group_rows, params_text
-from sweeper.results import COMPLETED, ranked_trials
+from sweeper.results import COMPLETED, BestOutput, Outputs, Summary, TrialEntry, ranked_trials
 from sweeper.storage import SweepFolder
 from trainables.integration import INTEGRATION_KEYS
 from trainables.latent import embedding_integration
 from trainables.prepared import PreparedData
+from trainables.run_record import load_run
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 UMAP_KEY = "X_umap_invae"
@@ -54,8 +55,8 @@ def umap_obsm(z_i: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def write_outputs(
-    sweep: Any, folder: SweepFolder, summary: dict[str, Any], data: PreparedData | None
-) -> dict[str, Any]:
+    sweep: Any, folder: SweepFolder, summary: Summary, data: PreparedData | None
+) -> Outputs:
     """Embed, picture and report the best trials; return what was written (for the summary).
 
     Only for sweep folders on a local or shared filesystem: with cloud storage, download a
@@ -63,56 +64,54 @@ def write_outputs(
     """
     from trainables.embed import embed_run
 
-    outputs: dict[str, Any] = {"best": [], "baseline_pca": None}
     spec = sweep.spec.outputs
     if folder.local is None or spec.best_n == 0:
-        return outputs
-    if data is not None:
-        outputs["baseline_pca"] = pca_baseline(data)
+        return Outputs()
     keys = sweep.data.bio_keys[:1] + sweep.data.tech_keys[:1]
+    best = []
     for trial in best_trials(summary, spec.best_n):
-        trial_dir = folder.local / trial["run_json"].rsplit("/", 1)[0]
+        trial_dir = folder.local / trial.trial_dir
         extra = umap_obsm if spec.umap else None
         path, embedded = embed_run(trial_dir, trial_dir / "embedding.h5ad", extra_obsm=extra)
-        entry = {"trial_id": trial["trial_id"], "embedding": str(path.relative_to(folder.local))}
-        history = folder.read_json(trial["run_json"])["history"]
+        history = load_run(trial_dir).history
         curve = {k: [row[k] for row in history] for k in ("epoch", "train_loss", "val_loss")}
-        png = loss_curves_png([(f"trial {trial['trial_id']}", curve)], title="loss curves")
-        entry["loss_png"] = _save(folder, trial_dir.name, "loss.png", png)
+        png = loss_curves_png([(f"trial {trial.trial_id}", curve)], title="loss curves")
+        loss = _save(folder, trial.trial_dir, "loss.png", png)
+        umap = None
         if spec.umap and len(keys) == 2:
             coords = embedded["obsm"][UMAP_KEY]
-            png = umap_png(coords, embedded["obs"], keys, f"trial {trial['trial_id']}")
-            entry["umap_png"] = _save(folder, trial_dir.name, "umap.png", png)
-        outputs["best"].append(entry)
-    return outputs
+            png = umap_png(coords, embedded["obs"], keys, f"trial {trial.trial_id}")
+            umap = _save(folder, trial.trial_dir, "umap.png", png)
+        embedding = str(path.relative_to(folder.local))
+        best.append(BestOutput(trial.trial_id, embedding, loss_png=loss, umap_png=umap))
+    return Outputs(tuple(best), pca_baseline(data) if data is not None else None)
 
 
-def best_trials(summary: dict[str, Any], n: int) -> list[dict[str, Any]]:
+def best_trials(summary: Summary, n: int) -> list[TrialEntry]:
     """The ``n`` best completed trials by the sweep's metric and mode."""
-    return ranked_trials(summary["trials"], summary["metric"], summary["mode"])[:n]
+    return ranked_trials(summary.trials, summary.metric, summary.mode)[:n]
 
 
-def write_sweep_report(folder: SweepFolder, summary: dict[str, Any]) -> tuple[str, str] | None:
+def write_sweep_report(folder: SweepFolder, summary: Summary) -> tuple[str, str] | None:
     """``report.md`` and ``report.html``: results, integration against PCA, plots."""
     if folder.local is None:
         return None
-    blocks: list[Any] = [Text(f"Sweep {summary['name']}", 1), *_overview(summary)]
+    blocks: list[Any] = [Text(f"Sweep {summary.name}", 1), *_overview(summary)]
     blocks += _integration_blocks(summary)
     for name, png, caption in _sweep_figures(summary):
         folder.write_bytes(name, png)
         blocks.append(Image(name, png, caption, caption))
-    for entry in summary.get("outputs", {}).get("best", []):
-        trial = next(t for t in summary["trials"] if t["trial_id"] == entry["trial_id"])
-        blocks.append(Text(f"Trial {trial['trial_id']}: {params_text(trial['params'])}", 2))
-        blocks.append(Text(f"Embedding of every cell: {entry['embedding']}"))
-        for key, caption in (
-            ("umap_png", "UMAP of z_i by cell type and by batch"),
-            ("loss_png", "Training and validation loss"),
+    for entry in summary.outputs.best if summary.outputs else ():
+        trial = summary.trial(entry.trial_id)
+        blocks.append(Text(f"Trial {trial.trial_id}: {params_text(trial.params)}", 2))
+        blocks.append(Text(f"Embedding of every cell: {entry.embedding}"))
+        for path, caption in (
+            (entry.umap_png, "UMAP of z_i by cell type and by batch"),
+            (entry.loss_png, "Training and validation loss"),
         ):
-            if key in entry:
-                png = folder.read_bytes(entry[key])
-                blocks.append(Image(entry[key], png, caption, caption))
-    title = f"Sweep {summary['name']}"
+            if path is not None:
+                blocks.append(Image(path, folder.read_bytes(path), caption, caption))
+    title = f"Sweep {summary.name}"
     md, html = render(blocks, title, folder.local / REPORT_MD, folder.local / REPORT_HTML)
     return str(md), str(html)
 
@@ -123,28 +122,25 @@ def _save(folder: SweepFolder, trial_dir: str, name: str, png: bytes) -> str:
     return f"{trial_dir}/{name}"
 
 
-def _overview(summary: dict[str, Any]) -> list[Any]:
-    metric = summary["metric"]
+def _overview(summary: Summary) -> list[Any]:
     rows = group_rows(summary)
     blocks = [
         Text(
-            f"{summary['n_completed']} of {summary['n_trials']} trials completed, "
-            f"{summary['n_errored']} errored; best trial {summary['best_trial']} by {metric}."
+            f"{summary.n_completed} of {summary.n_trials} trials completed, "
+            f"{summary.n_errored} errored; best trial {summary.best_trial} by {summary.metric}."
         )
     ]
     return blocks + ([Table(rows)] if rows else [])
 
 
-def _integration_blocks(summary: dict[str, Any]) -> list[Any]:
+def _integration_blocks(summary: Summary) -> list[Any]:
     rows = []
-    baseline = summary.get("outputs", {}).get("baseline_pca")
-    if baseline:
-        rows.append({"embedding": "PCA of log-normalised counts", **_scores(baseline)})
-    for entry in summary.get("outputs", {}).get("best", []):
-        trial = next(t for t in summary["trials"] if t["trial_id"] == entry["trial_id"])
-        rows.append(
-            {"embedding": f"inVAE z_i, trial {trial['trial_id']}", **_scores(trial["metrics"])}
-        )
+    outputs = summary.outputs or Outputs()
+    if outputs.baseline_pca:
+        rows.append({"embedding": "PCA of log-normalised counts", **_scores(outputs.baseline_pca)})
+    for entry in outputs.best:
+        trial = summary.trial(entry.trial_id)
+        rows.append({"embedding": f"inVAE z_i, trial {trial.trial_id}", **_scores(trial.metrics)})
     if not rows:
         return []
     return [Text("Integration on the validation cells (higher is better)", 2), Table(rows)]
@@ -154,23 +150,23 @@ def _scores(metrics: dict[str, float]) -> dict[str, float]:
     return {k: metrics.get(k, math.nan) for k in INTEGRATION_KEYS}
 
 
-def _sweep_figures(summary: dict[str, Any]) -> list[tuple[str, bytes, str]]:
+def _sweep_figures(summary: Summary) -> list[tuple[str, bytes, str]]:
     figures = []
-    done = [t for t in summary["trials"] if t["status"] == COMPLETED]
-    if done and done[0]["params"]:
+    done = [t for t in summary.trials if t.status == COMPLETED]
+    if done and done[0].params:
         figures.append(
             (
                 "metric_vs_params.png",
-                metric_vs_params_png(done, summary["metric"]),
-                f"{summary['metric']} against each searched hyperparameter, by seed",
+                metric_vs_params_png(done, summary.metric),
+                f"{summary.metric} against each searched hyperparameter, by seed",
             )
         )
-    if summary["groups"]:
+    if summary.groups:
         figures.append(
             (
                 "seed_spread.png",
-                seed_spread_png(summary["groups"], summary["metric"]),
-                f"{summary['metric']}: mean ± std over seeds per hyperparameter point",
+                seed_spread_png(summary.groups, summary.metric),
+                f"{summary.metric}: mean ± std over seeds per hyperparameter point",
             )
         )
     return figures

@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from sweeper.report import params_text
-from trainables.constants import TUNE_REPLICATE
+from sweeper.results import SeedGroup, TrialEntry
+from sweeper.verify.records import GroupVerdict
 
 MAX_POINTS = 2000  # per curve; longer histories are thinned to keep figures fast and small
 PANELS = (("train_loss", "train loss"), ("val_loss", "validation loss"))
@@ -35,23 +36,23 @@ def thin(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
     return np.unique(np.r_[np.arange(0, n, step), n - 1])
 
 
-def replicate_curves_png(group: dict[str, Any], mark_epoch: int | None = None) -> bytes | None:
-    """The loss curves of a verification group's completed replicates, overlaid, as a PNG.
+def replicate_curves_png(group: GroupVerdict, mark_epoch: int | None = None) -> bytes | None:
+    """The loss curves of a verification group's compared replicates, overlaid, as a PNG.
 
     Args:
-        group: One group of ``sweeper.analysis.verify_sweep``'s result (``members``, ``histories``).
+        group: One group of a verification (``members``, ``histories``).
         mark_epoch: An epoch to mark with a vertical line (the first divergence), if any.
 
     Returns:
         The PNG's bytes, the lowest replicate (the reference) first; None when no member has
         a history.
     """
-    replicate = {m["trial_id"]: m[TUNE_REPLICATE] for m in group["members"]}
-    trials = sorted(group["histories"], key=lambda t: replicate.get(t, 0))
+    replicate = {m.trial_id: m.replicate for m in group.members}
+    trials = sorted(group.histories, key=lambda t: replicate.get(t, 0))
     if not trials:
         return None
-    curves = [(f"replicate {replicate.get(t, '?')} ({t})", group["histories"][t]) for t in trials]
-    title = f"seed {group['seed']}: {group['status'].replace('_', ' ')}"
+    curves = [(f"replicate {replicate.get(t, '?')} ({t})", group.histories[t]) for t in trials]
+    title = f"seed {group.seed}: {group.status.replace('_', ' ')}"
     return loss_curves_png(curves, mark_epoch, title=title)
 
 
@@ -117,25 +118,23 @@ def _plain(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def metric_vs_params_png(trials: list[dict[str, Any]], metric: str) -> bytes:
+def metric_vs_params_png(trials: list[TrialEntry], metric: str) -> bytes:
     """One panel per searched hyperparameter: the metric of each trial against its value."""
-    names = list(trials[0]["params"])
+    names = list(trials[0].params)
     fig = Figure(figsize=(4.2 * len(names), 3.6))
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(1, len(names)))
-    seeds = sorted({t["seed"] for t in trials})
+    seeds = sorted({t.seed for t in trials})
     for ax, name in zip(axes, names, strict=True):
-        values = [t["params"][name] for t in trials]
+        values = [t.params[name] for t in trials]
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
         ticks = sorted({str(v) for v in values})
         for k, seed in enumerate(seeds):
-            mine = [t for t in trials if t["seed"] == seed]
-            xs = [
-                t["params"][name] if numeric else ticks.index(str(t["params"][name])) for t in mine
-            ]
+            mine = [t for t in trials if t.seed == seed]
+            xs = [t.params[name] if numeric else ticks.index(str(t.params[name])) for t in mine]
             ax.scatter(
                 xs,
-                [t["metrics"].get(metric, np.nan) for t in mine],
+                [t.metrics.get(metric, np.nan) for t in mine],
                 s=18,
                 label=f"seed {seed}",
                 color=f"C{k % 10}",
@@ -151,16 +150,16 @@ def metric_vs_params_png(trials: list[dict[str, Any]], metric: str) -> bytes:
     return _png(fig)
 
 
-def seed_spread_png(groups: list[dict[str, Any]], metric: str) -> bytes:
+def seed_spread_png(groups: tuple[SeedGroup, ...], metric: str) -> bytes:
     """Mean ± std of the metric over seeds for each hyperparameter point."""
     fig = Figure(figsize=(max(5, 1.1 * len(groups)), 3.8))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    labels = [params_text(g["params"]) for g in groups]
+    labels = [params_text(g.params) for g in groups]
     ax.errorbar(
         range(len(groups)),
-        [g["mean"] for g in groups],
-        yerr=[g["std"] for g in groups],
+        [g.mean for g in groups],
+        yerr=[g.std for g in groups],
         fmt="o",
         capsize=4,
     )

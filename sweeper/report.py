@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sweeper.results import ERRORED, Summary
+
 
 def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     """Render dicts as a plain-text table with aligned columns."""
@@ -17,40 +19,39 @@ def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -
     return "\n".join(lines)
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: Summary) -> str:
     """The end-of-sweep summary: counts, the best trial and the per-point seed spread."""
-    metric = summary["metric"]
+    metric = summary.metric
     lines = [
-        f"sweep {summary['name']}: {summary['n_completed']}/{summary['n_trials']} trials "
-        f"completed, {summary['n_errored']} errored",
+        f"sweep {summary.name}: {summary.n_completed}/{summary.n_trials} trials "
+        f"completed, {summary.n_errored} errored",
     ]
-    best = next((t for t in summary["trials"] if t["trial_id"] == summary["best_trial"]), None)
-    if best is not None:
+    if summary.best_trial is not None:
+        best = summary.trial(summary.best_trial)
         lines.append(
-            f"best trial {best['trial_id']} (seed {best['seed']}, replicate {best['replicate']}, "
-            f"{params_text(best['params'])}): {metric} = {best['metrics'][metric]:.6g}"
+            f"best trial {best.trial_id} (seed {best.seed}, replicate {best.replicate}, "
+            f"{params_text(best.params)}): {metric} = {best.metrics[metric]:.6g}"
         )
     groups = group_rows(summary)
     if groups:
         lines += ["", format_table(groups)]
-    errored = [t for t in summary["trials"] if t["status"] == "errored"]
-    for t in errored:
-        lines.append(f"errored: {t['trial_id']}: {t['error']}")
+    for t in summary.trials:
+        if t.status == ERRORED:
+            lines.append(f"errored: {t.trial_id}: {t.error}")
     return "\n".join(lines)
 
 
-def group_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def group_rows(summary: Summary) -> list[dict[str, Any]]:
     """One table row per hyperparameter point: seeds, trials, the metric's mean and std."""
-    metric = summary["metric"]
     return [
         {
-            "params": params_text(g["params"]),
-            "seeds": len(g["seeds"]),
-            "trials": g["n_trials"],
-            f"{metric} mean": g["mean"],
-            "std over seeds": g["std"],
+            "params": params_text(g.params),
+            "seeds": len(g.seeds),
+            "trials": g.n_trials,
+            f"{summary.metric} mean": g.mean,
+            "std over seeds": g.std,
         }
-        for g in summary["groups"]
+        for g in summary.groups
     ]
 
 

@@ -7,6 +7,7 @@ atomically (temporary file, then rename); object stores replace objects whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -82,8 +83,31 @@ class SweepFolder:
         try:
             with self.fs.open_input_stream(self.path(relative)) as stream:
                 return stream.read()
-        except (FileNotFoundError, OSError) as err:
+        except FileNotFoundError:
+            raise ResultFileError(f"{self.location}/{relative}", "file not found") from None
+        except OSError as err:
+            reason = " ".join(str(err).split())  # one line
+            raise ResultFileError(f"{self.location}/{relative}", f"unreadable ({reason})") from None
+
+    def file_sha256(self, relative: str, chunk: int = 1 << 22) -> str:
+        """A file's SHA-256, read in 4 MiB chunks. Raises ResultFileError naming it."""
+        sha = hashlib.sha256()
+        try:
+            with self.fs.open_input_stream(self.path(relative)) as stream:
+                while block := stream.read(chunk):
+                    sha.update(block)
+        except OSError as err:
             raise ResultFileError(f"{self.location}/{relative}", f"unreadable ({err})") from None
+        return sha.hexdigest()
+
+    def list_files(self) -> list[str]:
+        """Every file below the folder, as a path relative to it (links are followed)."""
+        selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
+        return [
+            self.relative(info.path)
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+        ]
 
     def read_json(self, relative: str) -> Any:
         """Read a JSON file. Raises ResultFileError naming it when missing or corrupt."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import ray
 from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLoggingActor
 
+from sweeper.results import Summary
 from sweeper.spec import LoadedSweep
 from trainables.constants import WANDB_CONFIG_KEYS
 
@@ -90,7 +91,7 @@ def wandb_callback(sweep: LoadedSweep, folder: Path) -> ProvenanceWandbCallback:
     )
 
 
-def log_report(sweep: LoadedSweep, folder: Path, summary: dict, images: dict[str, Path]) -> None:
+def log_report(sweep: LoadedSweep, folder: Path, summary: Summary, images: dict[str, Path]) -> None:
     """Log the sweep's pictures and the best trials' integration scores as one W&B run.
 
     The run joins the sweep's group (``job_type="report"``), offline unless online is asked
@@ -111,10 +112,10 @@ def log_report(sweep: LoadedSweep, folder: Path, summary: dict, images: dict[str
         tags=list(spec.tags),
         mode=spec.mode,
         dir=str(folder),
-        config={"best_trial": summary["best_trial"], "metric": summary["metric"]},
+        config={"best_trial": summary.best_trial, "metric": summary.metric},
         reinit="create_new",
     )
     run.log({name: wandb.Image(str(path)) for name, path in images.items()})
-    baseline = summary.get("outputs", {}).get("baseline_pca") or {}
+    baseline = (summary.outputs.baseline_pca if summary.outputs else None) or {}
     run.summary.update({f"baseline_pca/{k}": v for k, v in baseline.items()})
     run.finish()

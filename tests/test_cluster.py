@@ -40,13 +40,13 @@ def smoke(tmp_path, name, **overrides):
 
 
 def records(folder, summary):
-    return [json.loads((folder / t["run_json"]).read_text()) for t in summary["trials"]]
+    return [json.loads((folder / t.run_json).read_text()) for t in summary.trials]
 
 
 def test_sweep_through_address_runs_on_several_nodes(cluster, tmp_path):
     head, _ = cluster
     summary = run_sweep(smoke(tmp_path, "multi"), DriverOptions(gpus=0, address=head.address))
-    assert summary["n_completed"] == 4
+    assert summary.n_completed == 4
     runs = records(tmp_path / "multi", summary)
     assert len({r["trial"]["node"]["node_id"] for r in runs}) > 1
     by_seed = {}
@@ -61,10 +61,10 @@ def test_audit_places_replicates_on_different_nodes_and_they_agree(cluster, tmp_
         audit_sweep(load_sweep(SMOKE, {"outputs.best_n": 0}), seed=3, repeats=3),
         DriverOptions(name="audit", storage=str(tmp_path)),
     )
-    verification, _ = run_audit(sweep, DriverOptions(gpus=0, address=head.address))
-    (group,) = verification["groups"]
-    assert group["status"] == "identical"
-    nodes = [m["environment"]["node_id"] for m in group["members"]]
+    verification = run_audit(sweep, DriverOptions(gpus=0, address=head.address)).verification
+    (group,) = verification.groups
+    assert group.status == "identical" and verification.exit_code == 0
+    nodes = [m.environment["node_id"] for m in group.members]
     assert len(set(nodes)) == 3  # three replicates, three nodes
     assert (tmp_path / "audit" / "verification.html").exists()
 
@@ -94,9 +94,9 @@ def test_lost_worker_node_trials_resume_elsewhere_with_same_fingerprints(cluster
     loser = LoseWorkerNode(head, workers)
     summary = run_sweep(sweep, DriverOptions(gpus=0, address=head.address), [loser])
     assert loser.removed is not None
-    assert summary["n_completed"] == 3
-    assert any(t["restored"] for t in summary["trials"])
-    assert len({t["fingerprint"]["weights"] for t in summary["trials"]}) == 1
+    assert summary.n_completed == 3
+    assert any(t.restored for t in summary.trials)
+    assert len({t.fingerprint.weights for t in summary.trials}) == 1
     for run in records(tmp_path / "lose", summary):
         assert run["trial"]["node"]["node_id"] != loser.removed  # finished elsewhere
 

@@ -43,7 +43,7 @@ def test_own_data_every_cell_gets_both_latents(kang_run, tmp_path):
     assert written.obsm[LATENT_KEYS["spur"]].shape == (source.n_obs, 2)
     assert {"cell_type", "condition"} <= set(written.obs.columns)
     assert list(written.obs_names) == list(source.obs_names)
-    assert written.uns["invae"]["weights_sha256"] == kang_run[1].fingerprint["weights"]
+    assert written.uns["invae"]["weights_sha256"] == kang_run[1].fingerprint.weights
 
 
 def test_embedding_is_deterministic(kang_run, tmp_path):
@@ -101,3 +101,34 @@ def test_data_errors_are_data_errors(kang_run, tmp_path):
     run_dir, _ = kang_run
     with pytest.raises(DataError):
         embed_run(run_dir, tmp_path / "o.h5ad", {"data_path": str(tmp_path / "absent.h5ad")})
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [("{}", "key 'schema_version': missing"), ("[]", "expected a mapping, got []")],
+)
+def test_a_run_json_of_the_wrong_shape_is_one_line_exit_2(
+    kang_run, tmp_path, capsys, content, fragment
+):
+    run_dir, _ = kang_run
+    broken = tmp_path / "run"
+    broken.mkdir()
+    (broken / "model.pt").write_bytes((run_dir / "model.pt").read_bytes())
+    (broken / "run.json").write_text(content)
+    assert embed_main([str(broken), "--out", str(tmp_path / "o.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run.json" in err and fragment in err
+
+
+def test_string_arrays_as_pandas_3_reads_them_are_written(tmp_path):
+    import pandas as pd
+
+    from trainables.data import write_embedding
+
+    strings = pd.Index(["c1", "c2", "c3"], dtype="string")  # pandas 3's dtype for h5ad strings
+    obs = pd.DataFrame({"label": pd.array(["a", "b", None], dtype="string")}, index=strings)
+    adata = ad.AnnData(obs=obs)
+    path = write_embedding(adata, {"X_z": np.zeros((3, 2))}, tmp_path / "e.h5ad", {"run": "r"})
+    back = ad.read_h5ad(path)
+    assert list(back.obs_names) == ["c1", "c2", "c3"]
+    assert list(back.obs["label"][:2]) == ["a", "b"] and pd.isna(back.obs["label"].iloc[2])

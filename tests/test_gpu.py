@@ -23,7 +23,7 @@ def test_replicates_on_the_gpu_are_bit_for_bit_identical(gpu_config, tiny_data):
     assert first.model_info["device"].startswith("cuda")
     assert first.fingerprint == again.fingerprint
     other = train(dataclasses.replace(gpu_config, seed=gpu_config.seed + 1), tiny_data)
-    assert other.fingerprint["weights"] != first.fingerprint["weights"]
+    assert other.fingerprint.weights != first.fingerprint.weights
 
 
 def test_tf32_matmuls_repeat_bit_for_bit_and_change_the_bits(gpu_config, tiny_data):
@@ -33,7 +33,7 @@ def test_tf32_matmuls_repeat_bit_for_bit_and_change_the_bits(gpu_config, tiny_da
     assert first.fingerprint == again.fingerprint
     ieee = train(gpu_config, tiny_data)
     assert ieee.seeding["fp32_precision"]["cuda.matmul"] == "ieee"
-    assert ieee.fingerprint["weights"] != first.fingerprint["weights"]
+    assert ieee.fingerprint.weights != first.fingerprint.weights
 
 
 @pytest.mark.parametrize("graphs", [True, False])

@@ -17,8 +17,9 @@ import pytest
         ("trainables.train", ("ray", "wandb", "scanpy")),
         # What every trial worker and training process imports as it starts.
         ("trainables.ray_trainable", ("anndata", "scanpy", "sklearn")),
-        ("sweeper.analysis", ("torch", "ray", "anndata", "wandb")),
-        ("sweeper.verification_report", ("torch", "ray", "anndata", "wandb")),
+        ("sweeper.verify.analysis", ("torch", "ray", "anndata", "wandb")),
+        ("sweeper.verify.verdict", ("torch", "ray", "anndata", "wandb")),
+        ("trainables.run_record", ("torch", "ray", "anndata", "wandb")),
     ],
 )
 def test_module_imports_stay_light(module, forbidden):

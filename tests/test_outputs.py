@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.outputs import best_trials, pca_baseline, write_sweep_report
+from sweeper.results import Outputs, SeedGroup, Summary, TrialEntry
 from sweeper.spec import load_sweep
 from sweeper.storage import SweepFolder
 from trainables.integration import INTEGRATION_KEYS
@@ -13,38 +14,36 @@ from trainables.schema import ConfigError
 
 
 def trial(trial_id, seed, value, status="completed", lr=1e-3):
-    return {
-        "trial_id": trial_id,
-        "seed": seed,
-        "replicate": 0,
-        "status": status,
-        "params": {"learning_rate": lr},
-        "metrics": {"val_loss": value},
-        "run_json": None,
-    }
+    return TrialEntry(
+        trial_id=trial_id,
+        trial_dir=f"trial_{trial_id}",
+        status=status,
+        seed=seed,
+        replicate=0,
+        params={"learning_rate": lr},
+        epochs=3,
+        restored=False,
+        metrics={"val_loss": value},
+        fingerprint=None,
+        environment=None,
+        run_json=None,
+    )
 
 
 def summary(trials, metric="val_loss", mode="min"):
-    return {
-        "name": "s",
-        "metric": metric,
-        "mode": mode,
-        "n_trials": len(trials),
-        "n_completed": len(trials),
-        "n_errored": 0,
-        "best_trial": trials[0]["trial_id"],
-        "groups": [
-            {
-                "params": {"learning_rate": 1e-3},
-                "seeds": [0, 1],
-                "n_trials": 2,
-                "mean": 1.0,
-                "std": 0.1,
-            }
-        ],
-        "trials": trials,
-        "outputs": {"best": [], "baseline_pca": {"integration_score": 0.5}},
-    }
+    return Summary(
+        name="s",
+        metric=metric,
+        mode=mode,
+        searcher_seed=0,
+        n_trials=len(trials),
+        n_completed=len(trials),
+        n_errored=0,
+        best_trial=trials[0].trial_id,
+        groups=(SeedGroup({"learning_rate": 1e-3}, (0, 1), 2, 1.0, 0.1),),
+        trials=tuple(trials),
+        outputs=Outputs(baseline_pca={"integration_score": 0.5}),
+    )
 
 
 def test_best_trials_follow_metric_and_mode():
@@ -55,8 +54,8 @@ def test_best_trials_follow_metric_and_mode():
         trial("d", 3, math.nan),
         trial("e", 4, 0.1, status="errored"),
     ]
-    assert [t["trial_id"] for t in best_trials(summary(trials), 2)] == ["b", "c"]
-    assert [t["trial_id"] for t in best_trials(summary(trials, mode="max"), 1)] == ["a"]
+    assert [t.trial_id for t in best_trials(summary(trials), 2)] == ["b", "c"]
+    assert [t.trial_id for t in best_trials(summary(trials, mode="max"), 1)] == ["a"]
 
 
 def test_pca_baseline_scores_the_validation_cells(tiny_data):

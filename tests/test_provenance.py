@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from trainables import provenance
-from trainables.provenance import PACKAGES, get_environment_info, strip_credentials
+from trainables.provenance import driver_version, get_environment_info, strip_credentials
+from trainables.run_record import GitInfo, SystemInfo
 
 SECTION_KEYS = {
     "git": {"commit", "branch", "is_dirty", "remote_url"},
@@ -24,25 +25,18 @@ SECTION_KEYS = {
         "gpu_count",
         "gpu_names",
         "gpu_memory",
+        "gpu_sm_counts",
+        "gpu_capabilities",
+        "nvidia_driver",
+        "cublas_version",
+        "triton_version",
+        "cpu_capability",
         "cpu_count",
         "torch_num_threads",
     },
-    "packages": {
-        "torch",
-        "numpy",
-        "scipy",
-        "pandas",
-        "scanpy",
-        "anndata",
-        "scikit-learn",
-        "scikit-misc",
-        "ray",
-        "wandb",
-        "pyyaml",
-        "gitpython",
-        "invae-sweep",
-    },
 }
+# Among every installed distribution, the ones the project depends on, by normalized name.
+CORE_PACKAGES = {"torch", "numpy", "scanpy", "anndata", "ray", "wandb", "pyyaml", "gitpython"}
 NO_GIT = dict.fromkeys(SECTION_KEYS["git"])
 AUTHOR = git.Actor("Test", "test@example.com")
 
@@ -74,7 +68,7 @@ def outside(tmp_path):
 
 
 def test_top_level_keys(outside):
-    assert set(get_environment_info(outside)) == set(SECTION_KEYS)
+    assert set(get_environment_info(outside)) == {*SECTION_KEYS, "packages"}
 
 
 @pytest.mark.parametrize("section", sorted(SECTION_KEYS))
@@ -82,8 +76,44 @@ def test_section_keys(repo, section):
     assert set(get_environment_info(_root(repo))[section]) == SECTION_KEYS[section]
 
 
-def test_packages_cover_the_declared_list():
-    assert set(PACKAGES) == SECTION_KEYS["packages"]
+@pytest.mark.parametrize(("record", "section"), [(GitInfo, "git"), (SystemInfo, "system")])
+def test_the_run_record_types_every_collected_field(record, section):
+    assert set(record.__dataclass_fields__) == SECTION_KEYS[section]
+
+
+def test_packages_are_every_installed_distribution(outside):
+    import importlib.metadata
+
+    packages = get_environment_info(outside)["packages"]
+    assert set(packages) >= CORE_PACKAGES
+    installed = {
+        d.metadata["Name"].lower().replace("_", "-") for d in importlib.metadata.distributions()
+    }
+    assert len(packages) == len({n.replace(".", "-") for n in installed})
+    assert list(packages) == sorted(packages)
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        (
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  Sun Oct 12 2025\n",
+            "580.159.04",
+        ),
+        (
+            "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release\n",
+            "570.86.15",
+        ),
+        ("something else", None),
+    ],
+)
+def test_driver_version_is_read_from_proc_text(text, version):
+    assert driver_version(text) == version
+
+
+def test_cpu_capability_is_torch_s():
+    info = get_environment_info()
+    assert info["system"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_versions_come_from_installed_metadata(outside):

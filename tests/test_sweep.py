@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 from ray import tune
 
+from sweeper.cli import audit_main, verify_main
 from sweeper.driver import DriverOptions, apply_options, run_sweep
+from sweeper.results import load_summary
 from sweeper.spec import load_sweep
+from sweeper.verify.seal import SEAL_FILE, parse_manifest
 from trainables.data import prepare_data
 from trainables.train import train
 
@@ -26,13 +29,11 @@ def smoke_sweep(tmp_path, name, **overrides):
 
 
 def by_trial_metrics(summary):
-    return {t["trial_id"]: t["metrics"] for t in summary["trials"]}
+    return {t.trial_id: t.metrics for t in summary.trials}
 
 
 def run_records(folder, summary):
-    return {
-        t["trial_id"]: json.loads((folder / t["run_json"]).read_text()) for t in summary["trials"]
-    }
+    return {t.trial_id: json.loads((folder / t.run_json).read_text()) for t in summary.trials}
 
 
 def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
@@ -40,39 +41,79 @@ def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
     summary = run_sweep(sweep, DriverOptions(gpus=0))
     folder = tmp_path / "smoke"
 
-    trials = summary["trials"]
-    assert summary["n_completed"] == 4 and summary["n_errored"] == 0
+    trials = summary.trials
+    assert summary.n_completed == 4 and summary.n_errored == 0
     by_seed = {}
     for t in trials:
-        by_seed.setdefault(t["seed"], []).append(t["fingerprint"])
+        by_seed.setdefault(t.seed, []).append(t.fingerprint)
     assert sorted(by_seed) == [0, 1]
     for fingerprints in by_seed.values():
         assert fingerprints[0] == fingerprints[1]  # replicates: bit for bit
-    assert by_seed[0][0]["weights"] != by_seed[1][0]["weights"]  # seeds: different models
+    assert by_seed[0][0].weights != by_seed[1][0].weights  # seeds: different models
 
     records = run_records(folder, summary)
     for t in trials:  # the summary is the run.json files' word, each in its own trial folder
-        assert records[t["trial_id"]]["trial"]["trial_id"] == t["trial_id"]
-        assert records[t["trial_id"]]["fingerprint"]["weights"] == t["fingerprint"]["weights"]
-        assert t["environment"]["device"] == "cpu"
+        assert records[t.trial_id]["trial"]["trial_id"] == t.trial_id
+        assert records[t.trial_id]["fingerprint"]["weights"] == t.fingerprint.weights
+        assert t.environment["device"] == "cpu"
     with open(folder / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4
     for t in trials:  # Tune's own per-epoch logs of each trial, without TensorBoard files
-        trial_folder = (folder / t["run_json"]).parent
+        trial_folder = (folder / t.run_json).parent
         with open(trial_folder / "progress.csv") as handle:
             assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2, 3, 4, 5]
         assert (trial_folder / "result.json").exists()
         assert not list(trial_folder.glob("events.out.tfevents*"))
     assert (folder / "best" / "run.json").exists() and (folder / "best" / "model.pt").exists()
     best = json.loads((folder / "best" / "run.json").read_text())
-    assert best["trial"]["trial_id"] == summary["best_trial"]
+    assert best["trial"]["trial_id"] == summary.best_trial
     # what a biologist takes away: every cell embedded, a UMAP, integration against PCA
-    (output,) = summary["outputs"]["best"]
-    assert output["trial_id"] == summary["best_trial"]
-    assert (folder / output["embedding"]).exists() and (folder / output["umap_png"]).exists()
-    assert "integration_score" in summary["outputs"]["baseline_pca"]
-    assert "integration_score" in by_trial_metrics(summary)[summary["best_trial"]]
+    (output,) = summary.outputs.best
+    assert output.trial_id == summary.best_trial
+    assert (folder / output.embedding).exists() and (folder / output.umap_png).exists()
+    assert "integration_score" in summary.outputs.baseline_pca
+    assert "integration_score" in by_trial_metrics(summary)[summary.best_trial]
     assert "PCA of log-normalised counts" in (folder / "report.md").read_text()
+    # sealed last: every result file, the outputs included, and the sweep verifies
+    sealed = parse_manifest((folder / SEAL_FILE).read_bytes())
+    for name in ("summary.json", "results.csv", "sweep.json", "report.html", "best/model.pt"):
+        assert name in sealed
+    assert {output.embedding, output.umap_png, output.loss_png} <= set(sealed)
+    assert verify_main([str(folder)]) == 0
+
+
+def test_an_audit_gives_its_verdict_before_outputs_and_survives_their_failure(
+    ray_session, tmp_path, capsys, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise ValueError("allow_write_nullable_strings is False")
+
+    monkeypatch.setattr("trainables.embed.embed_run", broken)
+    code = audit_main(
+        [
+            "--config",
+            str(SMOKE),
+            "--repeats",
+            "2",
+            "--gpus",
+            "0",
+            "--storage",
+            str(tmp_path),
+            "--name",
+            "audit",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1  # the replicates are identical; the outputs failed
+    assert "PASS: 1 group identical" in out
+    (line,) = [x for x in err.splitlines() if "outputs failed" in x]
+    assert line.startswith("invae-audit: outputs failed: ValueError: allow_write_nullable")
+    assert "Traceback" not in out + err
+    folder = tmp_path / "audit"
+    assert "ValueError" in (folder / "outputs-error.log").read_text()
+    assert load_summary(folder).outputs.error.startswith("ValueError")
+    assert "outputs-error.log" in parse_manifest((folder / SEAL_FILE).read_bytes())
+    assert verify_main([str(folder)]) == 0  # sealed after the failure: nothing is unaccounted
 
 
 def test_wandb_queue_keeps_every_result_in_order_without_waiting_for_them(ray_session):
@@ -94,7 +135,7 @@ def test_wandb_queue_keeps_every_result_in_order_without_waiting_for_them(ray_se
 def test_every_trial_has_an_offline_wandb_run_with_provenance(ray_session, tmp_path):
     summary = run_sweep(smoke_sweep(tmp_path, "wb", replicates=1), DriverOptions(gpus=0))
     runs = {p.name.rsplit("-", 1)[-1]: p for p in (tmp_path / "wb" / "wandb").glob("offline-run-*")}
-    trial_ids = [t["trial_id"] for t in summary["trials"]]
+    trial_ids = [t.trial_id for t in summary.trials]
     assert len(runs) == len(trial_ids) + 1  # one run per trial, plus the sweep's report run
     for run in (runs[trial_id] for trial_id in trial_ids):
         log = next(run.glob("run-*.wandb")).read_bytes().decode("utf-8", "replace")
@@ -144,10 +185,10 @@ def test_killed_training_process_resumes_from_checkpoint_and_ends_bit_for_bit(
     killer = KillReplicateZerosProcessOnce()
     summary = run_sweep(sweep, DriverOptions(gpus=1), extra_callbacks=[killer])
     assert killer.killed
-    first, second = sorted(summary["trials"], key=lambda t: t["replicate"])
-    assert first["status"] == second["status"] == "completed"
-    assert first["restored"]
-    assert first["fingerprint"] == second["fingerprint"]
+    first, second = sorted(summary.trials, key=lambda t: t.replicate)
+    assert first.status == second.status == "completed"
+    assert first.restored
+    assert first.fingerprint == second.fingerprint
 
 
 def test_a_trial_that_keeps_failing_is_errored_with_its_reason(ray_session, tmp_path):
@@ -161,12 +202,12 @@ def test_a_trial_that_keeps_failing_is_errored_with_its_reason(ray_session, tmp_
         **{"train.grad_clip": None},
     )
     summary = run_sweep(sweep, DriverOptions(gpus=0))
-    by_rate = {t["params"]["learning_rate"]: t for t in summary["trials"]}
-    assert by_rate[1.0e-3]["status"] == "completed"
+    by_rate = {t.params["learning_rate"]: t for t in summary.trials}
+    assert by_rate[1.0e-3].status == "completed"
     bad = by_rate[1.0e12]
-    assert bad["status"] == "errored" and bad["run_json"] is None
-    assert "non-finite loss" in bad["error"]
-    assert summary["best_trial"] == by_rate[1.0e-3]["trial_id"]
+    assert bad.status == "errored" and bad.run_json is None
+    assert "non-finite loss" in bad.error
+    assert summary.best_trial == by_rate[1.0e-3].trial_id
 
 
 def shared_process_sweep(tmp_path, name, **overrides):
@@ -180,16 +221,15 @@ def shared_process_sweep(tmp_path, name, **overrides):
 def test_one_process_per_gpu_trains_side_by_side_with_the_bits_of_a_lone_run(ray_session, tmp_path):
     sweep = shared_process_sweep(tmp_path, "shared")
     summary = run_sweep(sweep, DriverOptions(gpus=2))
-    assert summary["n_completed"] == 4
+    assert summary.n_completed == 4
     records = run_records(tmp_path / "shared", summary)
     pids = [r["trial"]["node"]["pid"] for r in records.values()]
     assert len(set(pids)) <= 2 < len(pids)  # one process per (fake) GPU trained its trials
     assert all(len(r["trial"]["node"]["gpu_ids"]) == 1 for r in records.values())
     data = prepare_data(sweep.data)
     for seed in (0, 1):
-        alone = train(dataclasses.replace(sweep.train, seed=seed), data).fingerprint
-        alone = {k: alone[k] for k in ("weights", "optimizer", "metrics")}
-        assert [t["fingerprint"] for t in summary["trials"] if t["seed"] == seed] == [alone] * 2
+        alone = train(dataclasses.replace(sweep.train, seed=seed), data).fingerprint.digests
+        assert [t.fingerprint for t in summary.trials if t.seed == seed] == [alone] * 2
 
 
 def test_storage_given_as_a_uri_goes_through_pyarrow(ray_session, tmp_path, monkeypatch):
@@ -199,8 +239,8 @@ def test_storage_given_as_a_uri_goes_through_pyarrow(ray_session, tmp_path, monk
     sweep = apply_options(sweep, DriverOptions(name="uri", storage=f"file://{tmp_path}/store"))
     summary = run_sweep(sweep, DriverOptions(gpus=0))
     folder = tmp_path / "store" / "uri"
-    assert summary["n_completed"] == 1
+    assert summary.n_completed == 1
     assert json.loads((folder / "summary.json").read_text())["n_completed"] == 1
-    assert (folder / summary["trials"][0]["run_json"]).exists()
+    assert (folder / summary.trials[0].run_json).exists()
     assert (folder / "best" / "model.pt").exists() and (folder / "results.csv").exists()
     assert list((tmp_path / "runs" / "uri" / "wandb").glob("offline-run-*"))

@@ -112,6 +112,9 @@ def test_resume_after_the_driver_is_killed_reruns_no_finished_trial(tmp_path):
     for t in summary["trials"]:
         by_seed.setdefault(t["seed"], set()).add(t["fingerprint"]["weights"])
     assert all(len(weights) == 1 for weights in by_seed.values())
+    from sweeper.cli import verify_main  # the resumed sweep resealed every file it changed
+
+    assert verify_main([str(folder)]) == 0
 
 
 @pytest.fixture
@@ -130,16 +133,24 @@ def trial_folders(tmp_path, monkeypatch):
     return tmp_path / "sweep" / working.name
 
 
-def synced_run(folder, trial_id="trial_1", weights=True):
-    folder.mkdir(parents=True)
-    record = {
-        "trial": {"trial_id": trial_id},
-        "history": [{"epoch": 1, "val_loss": 9.0}, {"epoch": 2, "val_loss": 8.0}],
-        "integration": {"integration_score": 0.7},
-    }
-    (folder / "run.json").write_text(json.dumps(record))
-    if weights:
-        (folder / "model.pt").write_bytes(b"weights")
+@pytest.fixture(scope="module")
+def finished(tiny_data):
+    """A finished tiny run, as an earlier attempt of a trial would have synced it."""
+    import dataclasses
+
+    from trainables.config import ModelConfig, TrainConfig
+    from trainables.train import train
+
+    config = TrainConfig(n_epochs=2, batch_size=64, device="cpu", model=ModelConfig(hidden=(8,)))
+    return train(dataclasses.replace(config, seed=3), tiny_data)
+
+
+def synced_run(folder, result, trial_id="trial_1", weights=True):
+    from trainables.run_record import TrialInfo, write_run
+
+    write_run(result, folder, trial=TrialInfo(trial_id, 1))
+    if not weights:
+        (folder / "model.pt").unlink()
 
 
 @pytest.mark.parametrize(
@@ -152,17 +163,28 @@ def synced_run(folder, trial_id="trial_1", weights=True):
     ],
 )
 def test_a_trial_finds_the_run_json_an_earlier_attempt_synced(
-    trial_folders, recorded_id, weights, found
+    trial_folders, finished, recorded_id, weights, found
 ):
     from trainables.ray_trainable import earlier_record
 
     if recorded_id is not None:
-        synced_run(trial_folders, recorded_id, weights)
+        synced_run(trial_folders, finished, recorded_id, weights)
     assert (earlier_record(str(trial_folders.parent)) is not None) is found
     assert earlier_record(None) is None
 
 
-def test_a_finished_trial_reports_its_record_instead_of_training(trial_folders, monkeypatch):
+def test_a_trial_ignores_a_synced_file_that_is_not_a_run_record(trial_folders):
+    from trainables.ray_trainable import earlier_record
+
+    trial_folders.mkdir(parents=True)
+    (trial_folders / "run.json").write_text(json.dumps({"trial": {"trial_id": "trial_1"}}))
+    (trial_folders / "model.pt").write_bytes(b"weights")
+    assert earlier_record(str(trial_folders.parent)) is None
+
+
+def test_a_finished_trial_reports_its_record_instead_of_training(
+    trial_folders, finished, monkeypatch
+):
     from ray import tune
 
     import trainables.ray_trainable as adapter
@@ -175,13 +197,12 @@ def test_a_finished_trial_reports_its_record_instead_of_training(trial_folders, 
     reported = []
     monkeypatch.setattr(adapter, "train", no_training)
     monkeypatch.setattr(tune, "report", lambda row, **kwargs: reported.append(row))
-    synced_run(trial_folders)
+    synced_run(trial_folders, finished)
     adapter.tune_trainable(
         {"train": {"seed": 3}, "replicate": 1},
         config_to_dict(TrainConfig()),
         config_to_dict(DataConfig()),
         storage=str(trial_folders.parent),
     )
-    assert reported == [
-        {"epoch": 2, "val_loss": 8.0, "integration_score": 0.7, "seed": 3, "replicate": 1}
-    ]
+    last = {**finished.history[-1], **finished.integration}
+    assert reported == [{**last, "seed": 3, "replicate": 1}]

@@ -40,8 +40,8 @@ def test_same_seed_same_fingerprint_other_seed_differs(tiny_train_config, tiny_d
     again = train(tiny_train_config, tiny_data)
     other = train(dataclasses.replace(tiny_train_config, seed=7), tiny_data)
     assert first.fingerprint == again.fingerprint
-    assert first.fingerprint["weights"] != other.fingerprint["weights"]
-    assert first.fingerprint["metrics"] != other.fingerprint["metrics"]
+    assert first.fingerprint.weights != other.fingerprint.weights
+    assert first.fingerprint.metrics != other.fingerprint.metrics
 
 
 def test_loss_decreases(tiny_train_config, tiny_data):

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trainables.config import DataConfig
+from trainables.constants import RUN_FILE
 from trainables.data import embedding_inputs, load_anndata, write_embedding
 from trainables.latent import latent_means, load_model
 from trainables.run_record import load_model_file, load_run
-from trainables.schema import config_from_dict
 
 LATENT_KEYS = {"inv": "X_invae_inv", "spur": "X_invae_spur"}  # obsm keys of z_i and z_s
 
@@ -37,7 +36,7 @@ def embed_run(
         DataError: The dataset does not fit the model (genes, obs keys, categories).
     """
     record, model_file = load_run(run_dir), load_model_file(run_dir)
-    data_cfg = config_from_dict(DataConfig, record["config"]["data"], data_overrides or {})
+    data_cfg = record.config.data_config(str(Path(run_dir) / RUN_FILE), data_overrides)
     adata = load_anndata(data_cfg)
     genes, categories = model_file["data"]["genes"], model_file["data"]["categories"]
     counts, bio, tech = embedding_inputs(adata, data_cfg, genes, categories)
@@ -47,7 +46,7 @@ def embed_run(
         obsm |= extra_obsm(z_i)
     meta = {
         "run": str(Path(run_dir).resolve()),
-        "weights_sha256": record["fingerprint"]["weights"],
+        "weights_sha256": record.fingerprint.weights,
         "data_path": data_cfg.data_path,
         "categories": categories,
     }

@@ -91,28 +91,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file.
-
-    Raises:
-        ResultFileError: The file is missing, unreadable or not valid JSON.
-    """
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ResultFileError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ResultFileError(path, f"unreadable or corrupt JSON ({err})") from None
-
-
-def load_torch(path: str | Path, weights_only: bool = True) -> Any:
+def load_torch(path: str | Path, weights_only: bool = True, payload: bytes | None = None) -> Any:
     """Load a file written by :func:`atomic_torch_save` (tensors onto the CPU).
 
     Args:
         path: The file.
         weights_only: Refuse arbitrary pickled objects; pass False only for this project's own
             training states, which hold NumPy RNG states.
+        payload: The file's bytes, when they were read already (``path`` then only names it).
 
     Raises:
         ResultFileError: The file is missing or corrupt.
@@ -120,9 +106,11 @@ def load_torch(path: str | Path, weights_only: bool = True) -> Any:
     import torch
 
     path = Path(path)
-    if not path.is_file():
+    if payload is None and not path.is_file():
         raise ResultFileError(path, "file not found")
+    source = path if payload is None else io.BytesIO(payload)
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(source, map_location="cpu", weights_only=weights_only)
     except Exception as err:  # torch raises many types for a truncated or foreign file
-        raise ResultFileError(path, f"unreadable or corrupt torch file ({err})") from None
+        reason = " ".join(str(err).split())[:200]  # one line, whatever torch said
+        raise ResultFileError(path, f"unreadable or corrupt torch file ({reason})") from None

@@ -1,6 +1,6 @@
 """Canonical SHA-256 hashes of a run: weights, optimizer states and metric history.
 
-Two runs are bit-for-bit identical exactly when their fingerprints are equal. Hashes cover
+Two runs are bit-for-bit identical exactly when their digests are equal. Hashes cover
 dtype, shape and raw bytes of every tensor, and the IEEE-754 bit pattern of every metric, so
 ``-0.0`` and ``0.0`` differ and two NaNs with one payload compare equal.
 """
@@ -15,30 +15,41 @@ from typing import Any
 import torch
 
 from trainables.constants import METRIC_KEYS
+from trainables.run_record import Fingerprint
 
 
 def fingerprint(
     model_state: Mapping[str, torch.Tensor],
     optimizer_states: Sequence[Mapping[str, Any]],
     history: Sequence[Mapping[str, float]],
-) -> dict[str, Any]:
-    """Hash a finished run.
+) -> Fingerprint:
+    """Hash a finished run, reading every tensor's bytes once.
 
     Args:
         model_state: The model's ``state_dict()``.
         optimizer_states: Each optimizer's ``state_dict()``, in a fixed order.
-        history: One metrics dict per epoch (the keys in ``METRIC_KEYS``).
+        history: One metrics mapping per epoch (the keys in ``METRIC_KEYS``).
 
     Returns:
-        ``{"weights", "optimizer", "metrics"}`` SHA-256 hex digests, and ``"parameters"``: one
-        digest per state-dict entry, to locate which tensors differ between two runs.
+        The run's fingerprint: the same for the same bits, whatever process computes it.
+        ``parameters[name]`` equals ``tensor_digest(model_state[name])``.
     """
-    return {
-        "weights": _digest(_feed_state(model_state)),
-        "optimizer": _digest(_feed_value(list(optimizer_states))),
-        "metrics": metrics_digest(history),
-        "parameters": {name: tensor_digest(t) for name, t in sorted(model_state.items())},
-    }
+    weights = hashlib.sha256()
+    parameters = {}
+    for name in sorted(model_state, key=str):
+        weights.update(f"key:{name}:".encode())
+        parameters[name] = _digest(_feed_value(model_state[name]), also=weights)
+    optimizer = hashlib.sha256(b"[")
+    optimizers = tuple(_digest(_feed_value(s), also=optimizer) for s in optimizer_states)
+    optimizer.update(b"]")
+    return Fingerprint(
+        weights=weights.hexdigest(),
+        optimizer=optimizer.hexdigest(),
+        metrics=metrics_digest(history),
+        parameters=parameters,
+        optimizers=optimizers,
+        epochs=tuple(metrics_digest([row]) for row in history),
+    )
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -51,10 +62,13 @@ def metrics_digest(history: Sequence[Mapping[str, float]]) -> str:
     return _digest(struct.pack("<d", float(row[key])) for row in history for key in METRIC_KEYS)
 
 
-def _digest(chunks: Iterable[bytes]) -> str:
+def _digest(chunks: Iterable[bytes], also: Any = None) -> str:
+    """SHA-256 of the chunks, each fed to the hash ``also`` too (a digest of a larger whole)."""
     sha = hashlib.sha256()
     for chunk in chunks:
         sha.update(chunk)
+        if also is not None:
+            also.update(chunk)
     return sha.hexdigest()
 
 

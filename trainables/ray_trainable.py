@@ -35,9 +35,9 @@ from trainables.files import atomic_torch_save, load_torch, storage_filesystem
 from trainables.host import TrainingHost
 from trainables.prepared import PreparedData
 from trainables.provenance import get_environment_info
-from trainables.run_record import final_result, write_run
-from trainables.schema import config_from_dict, config_to_dict, flatten_dict
-from trainables.train import Report, RunResult, train
+from trainables.run_record import RunRecord, RunResult, TrialInfo, write_run
+from trainables.schema import config_from_dict, config_to_dict, flatten_dict, record_from_dict
+from trainables.train import Report, train
 
 HOST_WAIT_S = 5.0
 """How long a trial waits for a free slot on a training host before it takes one beyond."""
@@ -69,7 +69,7 @@ def node_info() -> dict[str, Any]:
     }
 
 
-def earlier_record(storage: str | None) -> dict[str, Any] | None:
+def earlier_record(storage: str | None) -> RunRecord | None:
     """This trial's ``run.json`` in the sweep folder, if an earlier attempt finished it.
 
     A trial can finish (its run.json synced to storage) moments before the driver dies and
@@ -83,13 +83,13 @@ def earlier_record(storage: str | None) -> dict[str, Any] | None:
     folder = posixpath.join(root, Path.cwd().name)
     try:
         with filesystem.open_input_stream(posixpath.join(folder, RUN_FILE)) as f:
-            record = json.loads(f.read())
+            record = record_from_dict(RunRecord, json.loads(f.read()))
         weights = filesystem.get_file_info(posixpath.join(folder, MODEL_FILE))
-    except (OSError, ValueError):  # absent (FileNotFoundError is an OSError) or unreadable
+    except (OSError, ValueError):  # absent (FileNotFoundError is an OSError) or not a record
         return None
-    same_trial = record.get("trial", {}).get("trial_id") == tune.get_context().get_trial_id()
+    trial_id = record.trial.trial_id if record.trial else None
     synced = weights.type == pafs.FileType.File  # a sync cut short may have left it behind
-    return record if same_trial and synced else None
+    return record if trial_id == tune.get_context().get_trial_id() and synced else None
 
 
 class RayTrainingHost(TrainingHost):
@@ -172,7 +172,7 @@ def tune_trainable(
     tags = {"seed": train_cfg.seed, TUNE_REPLICATE: replicate}
     finished = earlier_record(storage)
     if finished is not None:  # done before the driver died: report it, don't train again
-        tune.report({**final_result(finished), **tags})
+        tune.report({**finished.final_result(), **tags})
         return
     checkpoint = tune.get_checkpoint()
     resume = None
@@ -208,5 +208,5 @@ def tune_trainable(
             checkpoint_every=checkpoint_every,
             resume=resume,
         )
-    trial = {"trial_id": tune.get_context().get_trial_id(), TUNE_REPLICATE: replicate, "node": node}
-    write_run(result, Path.cwd(), data_cfg, extra={"trial": trial})
+    trial = TrialInfo(tune.get_context().get_trial_id(), replicate, node)
+    write_run(result, Path.cwd(), data_cfg, trial)

@@ -1,15 +1,22 @@
 """Typed nested dicts -> frozen, validated dataclasses; errors that name the key path.
 
-The machinery behind every config of the project (``trainables.config``, the sweep spec):
-``config_from_dict`` builds a dataclass from YAML-like dicts plus dotted-key overrides,
-checking unknown keys (with a close-match suggestion), types and the dataclass's own range
-checks, and raises one :class:`ConfigError` naming the key, the value and what is allowed.
+The machinery behind every config and every result record of the project:
+
+- ``config_from_dict`` builds a config (``trainables.config``, the sweep spec) from YAML-like
+  dicts plus dotted-key overrides, checking unknown keys (with a close-match suggestion), types
+  and the dataclass's own range checks, and raises one :class:`ConfigError` naming the key, the
+  value and what is allowed.
+- ``read_record`` reads a result file (``run.json``, ``summary.json``, ``verification.json``)
+  into its record dataclass with the same checks, stricter (no YAML-style numbers in strings,
+  every required key present, lists and mapping values checked too), and raises one
+  :class:`~trainables.files.ResultFileError` naming the file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,9 +78,64 @@ def config_from_dict(
     """
     try:
         merged = apply_overrides(raw, overrides or {})
-        return _build(cls, merged, "")
+        return _build(cls, merged, "", strict=False)
     except ConfigError as err:
         raise ConfigError(err.key, err.message, source) from None
+
+
+def record_from_dict(cls: type[T], raw: Any) -> T:
+    """Build a result record dataclass from parsed JSON, checking every key and type.
+
+    Unlike configs, a record has no YAML leniency: numbers must be JSON numbers, keys without a
+    default must be present, and lists and mapping values are checked against their element
+    types. A ``float`` field takes JSON integers too (``1`` and ``1.0`` are the same value).
+
+    Raises:
+        ConfigError: A key is missing, unknown or of the wrong type (``key`` is its path).
+    """
+    return _build(cls, raw, "", strict=True)
+
+
+def read_record(cls: type[T], path: str | Path) -> T:
+    """Read a JSON result file into its record dataclass.
+
+    Raises:
+        ResultFileError: The file is missing, not JSON, or not of the record's shape; the
+            message names the file and the offending key (one line).
+    """
+    from trainables.files import ResultFileError
+
+    try:
+        payload = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ResultFileError(path, "file not found") from None
+    except OSError as err:
+        raise ResultFileError(path, f"unreadable ({err})") from None
+    return parse_record(cls, payload, str(path))
+
+
+def parse_record(cls: type[T], payload: bytes, source: str) -> T:
+    """Parse a JSON result file's bytes into its record dataclass; errors name ``source``.
+
+    Raises:
+        ResultFileError: Not JSON, or not of the record's shape (naming the key).
+    """
+    from trainables.files import ResultFileError
+
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultFileError(source, f"corrupt JSON ({err})") from None
+    try:
+        return record_from_dict(cls, raw)
+    except ConfigError as err:
+        where = f"key {err.key!r}: " if err.key else ""
+        name = _record_name(cls)
+        raise ResultFileError(source, f"not a valid {name}: {where}{err.message}") from None
+
+
+def _record_name(cls: type) -> str:
+    return getattr(cls, "FILE_NAME", cls.__name__)
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,54 +243,73 @@ def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
 
 
-def _build(cls: type[T], raw: Any, where: str) -> T:
+def _build(cls: type[T], raw: Any, where: str, strict: bool) -> T:
     if not isinstance(raw, Mapping):
-        raise ConfigError(where, f"expected a mapping, got {raw!r}")
+        raise ConfigError(where, f"expected a mapping, got {_shown(raw)}")
     hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
     values = {}
     for key, value in raw.items():
         if key not in names:
             raise ConfigError(_join(where, str(key)), "unknown key" + suggest(str(key), names))
-        values[key] = _coerce(hints[key], value, _join(where, key))
+        values[key] = _coerce(hints[key], value, _join(where, key), strict)
+    for f in fields:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in values:
+            raise ConfigError(_join(where, f.name), "missing")
     try:
         return cls(**values)
     except ConfigError as err:
         raise err.under(where) from None
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
+def _coerce(tp: Any, value: Any, key: str, strict: bool) -> Any:
     """Check ``value`` against the annotation ``tp``; return it in canonical form."""
     origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
+        return _build(tp, value, key, strict)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
+        arms = [a for a in args if a is not type(None)]
+        for arm in arms[:-1]:  # several types (records only): the first that fits
+            try:
+                return _coerce(arm, value, key, strict)
+            except ConfigError:
+                continue
+        return _coerce(arms[-1], value, key, strict)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(key, f"got {value!r}; allowed: {', '.join(map(str, args))}")
+            raise ConfigError(key, f"got {_shown(value)}; allowed: {', '.join(map(str, args))}")
         return value
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(key, f"expected a mapping, got {value!r}")
-        return _deep_copy(value)
-    if origin is tuple:
+            raise ConfigError(key, f"expected a mapping, got {_shown(value)}")
+        if not strict:
+            return _deep_copy(value)
+        return {
+            _coerce(args[0], k, f"{key}.{k}", strict): _coerce(args[1], v, f"{key}.{k}", strict)
+            for k, v in value.items()
+        }
+    if origin in (tuple, list):
         if not isinstance(value, list | tuple):
-            raise ConfigError(key, f"expected a list, got {value!r}")
-        if args[-1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+            raise ConfigError(key, f"expected a list, got {_shown(value)}")
+        if origin is list or args[-1] is Ellipsis:
+            items = [_coerce(args[0], v, f"{key}[{i}]", strict) for i, v in enumerate(value)]
+            return items if origin is list else tuple(items)
         if len(value) != len(args):
-            raise ConfigError(key, f"expected a list of {len(args)} values, got {value!r}")
+            raise ConfigError(key, f"expected a list of {len(args)} values, got {_shown(value)}")
         return tuple(
-            _coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+            _coerce(a, v, f"{key}[{i}]", strict)
+            for i, (a, v) in enumerate(zip(args, value, strict=True))
         )
-    return _coerce_scalar(tp, value, key)
+    return _coerce_scalar(tp, value, key, strict)
 
 
-def _coerce_scalar(tp: type, value: Any, key: str) -> Any:
+def _coerce_scalar(tp: type, value: Any, key: str, strict: bool) -> Any:
     if tp is bool and isinstance(value, bool):
         return value
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
@@ -236,7 +317,7 @@ def _coerce_scalar(tp: type, value: Any, key: str) -> Any:
     if tp is float and not isinstance(value, bool):
         if isinstance(value, int | float):
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        if isinstance(value, str) and not strict:  # YAML 1.1 reads "1e-3" as a string
             try:
                 return float(value)
             except ValueError:
@@ -244,4 +325,10 @@ def _coerce_scalar(tp: type, value: Any, key: str) -> Any:
     if tp is str and isinstance(value, str):
         return value
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    raise ConfigError(key, f"expected {names[tp]}, got {value!r}")
+    raise ConfigError(key, f"expected {names[tp]}, got {_shown(value)}")
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    """``repr(value)``, cut to ``width`` characters: an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[: width - 4]} ...{text[-1]}"

@@ -15,9 +15,9 @@ from typing import Any, Literal
 from trainables.config import DataConfig, TrainConfig
 from trainables.data import prepare_data
 from trainables.provenance import get_environment_info
-from trainables.run_record import flat_run_config, run_record, write_run
+from trainables.run_record import RunRecord, RunResult, flat_run_config, run_record, write_run
 from trainables.schema import config_to_dict
-from trainables.train import RunResult, train
+from trainables.train import train
 
 WandbMode = Literal["off", "offline", "online"]
 DIRTY_TAG = "uncommitted-changes"
@@ -68,7 +68,7 @@ def run_standalone(
         result = train(train_cfg, prepared, report=report)
     except BaseException:
         if logger is not None:
-            logger.finish({}, exit_code=1)
+            logger.finish(None, exit_code=1)
         raise
     write_run(result, out_dir, data_cfg)
     if logger is not None:
@@ -105,16 +105,11 @@ class _WandbLogger:
     def log(self, metrics: dict[str, float]) -> None:
         self.run.log(dict(metrics), step=int(metrics["epoch"]))
 
-    def finish(self, record: dict[str, Any], exit_code: int = 0) -> None:
-        if record:
-            self.run.config.update(flat_run_config(record), allow_val_change=True)
-            self.run.summary.update(
-                {
-                    f"fingerprint/{k}": v
-                    for k, v in record["fingerprint"].items()
-                    if k != "parameters"
-                }
-            )
+    def finish(self, record: RunRecord | None, exit_code: int = 0) -> None:
+        if record is not None:
+            self.run.config.update(flat_run_config(config_to_dict(record)), allow_val_change=True)
+            digests = config_to_dict(record.fingerprint.digests)
+            self.run.summary.update({f"fingerprint/{k}": v for k, v in digests.items()})
         self.run.finish(exit_code=exit_code)
 
 

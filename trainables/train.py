@@ -24,6 +24,7 @@ from trainables.model import InVAE, LossTerms
 from trainables.optim import build_optimizers, model_summary
 from trainables.prepared import PreparedData, Split
 from trainables.provenance import get_environment_info
+from trainables.run_record import RunResult
 from trainables.seeding import set_seed, torch_generator
 from trainables.step import N_TRAIN_SUMS, EagerStep, kl_weight, make_step
 
@@ -33,23 +34,6 @@ Report = Callable[..., None]
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; the message names the epoch and the terms."""
-
-
-@dataclass
-class RunResult:
-    """Everything a finished run produced, ready to be written as ``run.json`` + ``model.pt``."""
-
-    train_config: TrainConfig
-    data: dict[str, Any]  # PreparedData.summary(): sizes, categories, source and cache key
-    seeding: dict[str, Any]  # what set_seed() set
-    environment: dict[str, Any]  # get_environment_info()
-    model_info: dict[str, Any]  # parameter counts and layer shapes
-    history: list[dict[str, float]]  # one row of METRIC_KEYS per epoch
-    fingerprint: dict[str, Any]
-    model_state: dict[str, Tensor]  # on the CPU
-    optimizer_states: list[dict[str, Any]]  # on the CPU, [Muon per matrix..., AdamW]
-    timing: dict[str, float]
-    integration: dict[str, float]  # of z_i on the validation cells, after the last epoch
 
 
 @dataclass(frozen=True)

@@ -1,76 +1,62 @@
 """Rerun a recorded run and prove it gives the same bits: ``invae-reproduce RUN_DIR``.
 
-Automates "reproducing a run": compare the recorded environment with this one (git commit and
-dirty flag, packages, torch, CUDA, cuDNN, GPU), rerun the same config and seed, and compare the
-fingerprints; when they differ, say where.
+Automates "reproducing a run": read the recorded run from its files (its fingerprint
+recomputed from them, as ``invae-verify`` does), rerun the same config and seed here, and
+compare the two with the one comparison of runs: fingerprints, and where they differ the first
+diverging epoch, the differing tensors and the environment fields (git commit, packages, torch,
+CUDA, cuDNN, cuBLAS, driver, GPU) that tell why.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from sweeper.analysis import first_divergence, tensor_differences
-from trainables.config import DataConfig, TrainConfig
-from trainables.provenance import get_environment_info
-from trainables.run_record import load_run
-from trainables.schema import ConfigError, config_from_dict
+from sweeper.storage import SweepFolder
+from sweeper.verify.comparison import compare_runs
+from sweeper.verify.evidence import read_evidence
+from sweeper.verify.records import Alteration, Comparison
+from sweeper.verify.seal import FolderReader
+from trainables.constants import RUN_FILE
 from trainables.standalone import run_standalone
 
-SYSTEM_FIELDS = ("torch_version", "cuda_version", "cudnn_version", "gpu_names", "platform")
+
+@dataclass(frozen=True)
+class Reproduction:
+    """A recorded run against its rerun.
+
+    Attributes:
+        comparison: The recorded run (``recorded``) against the rerun (``rerun``), on the
+            digests recomputed from both runs' files.
+        recorded_altered: Where the recorded run's files disagree with its own record.
+        rerun: The rerun's folder.
+    """
+
+    comparison: Comparison
+    recorded_altered: tuple[Alteration, ...]
+    rerun: str
+
+    @property
+    def reproduced(self) -> bool:
+        """Whether the rerun has the recorded bits and the recorded files agree with each other."""
+        return self.comparison.identical and not self.recorded_altered
 
 
-def environment_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[dict]:
-    """Rows ``{field, recorded, current}`` for every provenance field that differs."""
-    rows = []
-    for field in ("commit", "is_dirty", "branch"):
-        a, b = recorded["git"].get(field), current["git"].get(field)
-        if a != b:
-            rows.append({"field": f"git/{field}", "recorded": a, "current": b})
-    for field in SYSTEM_FIELDS:
-        a, b = recorded["system"].get(field), current["system"].get(field)
-        if a != b:
-            rows.append({"field": f"system/{field}", "recorded": a, "current": b})
-    for name in sorted(set(recorded["packages"]) | set(current["packages"])):
-        a, b = recorded["packages"].get(name), current["packages"].get(name)
-        if a != b:
-            rows.append({"field": f"packages/{name}", "recorded": a, "current": b})
-    return rows
-
-
-def reproduce_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def reproduce_run(run_dir: str | Path, out_dir: str | Path) -> Reproduction:
     """Rerun a recorded run into ``out_dir`` and compare it with the original.
 
     Args:
-        run_dir: A folder holding ``run.json`` (and ``model.pt``).
+        run_dir: A folder holding ``run.json`` and ``model.pt``.
         out_dir: Where the rerun's ``run.json`` and ``model.pt`` go.
 
-    Returns:
-        ``{"identical", "same", "environment_differences", "first_divergence",
-        "differing_tensors", "rerun"}``.
-
     Raises:
-        ResultFileError: ``run.json`` (or, to size a difference, ``model.pt``) is missing or
-            corrupt.
+        ResultFileError: ``run.json`` or ``model.pt`` is missing, corrupt or not of its kind.
         ConfigError: The recorded config is not usable (e.g. it has no data config).
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    record = load_run(run_dir)
-    source = str(run_dir / "run.json")
-    if record["config"].get("data") is None:
-        raise ConfigError("config.data", "the run recorded no data config to rerun with", source)
-    train_cfg = config_from_dict(TrainConfig, record["config"]["train"], source=source)
-    data_cfg = config_from_dict(DataConfig, record["config"]["data"], source=source)
-    differences = environment_differences(record["environment"], get_environment_info())
-    rerun = run_standalone(train_cfg, data_cfg, out_dir)
-    old, new = record["fingerprint"], rerun.fingerprint
-    same = {k: old[k] == new[k] for k in ("weights", "optimizer", "metrics")}
-    names = [n for n in old["parameters"] if old["parameters"][n] != new["parameters"].get(n)]
-    return {
-        "identical": all(same.values()),
-        "same": same,
-        "environment_differences": differences,
-        "first_divergence": first_divergence(record["history"], rerun.history),
-        "differing_tensors": tensor_differences(run_dir / "run.json", out_dir / "run.json", names),
-        "rerun": str(out_dir),
-    }
+    recorded = read_evidence(FolderReader(SweepFolder(run_dir)), "", "recorded")
+    source = str(Path(run_dir) / RUN_FILE)
+    train_cfg = recorded.record.config.train_config(source)
+    data_cfg = recorded.record.config.data_config(source)
+    run_standalone(train_cfg, data_cfg, out_dir)
+    rerun = read_evidence(FolderReader(SweepFolder(out_dir)), "", "rerun")
+    return Reproduction(compare_runs(recorded, rerun), recorded.altered, str(out_dir))
