@@ -39,11 +39,12 @@ IMAGE_NAME = "verification_group_{}.png"
 MAX_TENSORS = 20  # differing tensors listed per comparison, largest max abs diff first
 WHAT_IS_CHECKED = (
     "What is checked, all recomputed from the files: every file of the sweep folder against "
-    "its SHA256SUMS seal (added, missing, changed); each run's weights and optimizer digests "
-    "from its model.pt and its metrics digest from the history in its run.json, against the "
-    "fingerprint its run.json records (a run whose files disagree with its record is altered "
-    "and compared with nothing); summary.json and best/ against the runs; then each group of "
-    "replicates on the recomputed digests."
+    "its SHA256SUMS seal (added, missing, changed; the seal covers every file but these "
+    "verification files, which are rewritten on each check, and W&B's wandb/ folder); each "
+    "run's weights and optimizer digests from its model.pt and its metrics digest from the "
+    "history in its run.json, against the fingerprint its run.json records (a run whose files "
+    "disagree with its record is altered and compared with nothing); summary.json and best/ "
+    "against the runs; then each group of replicates on the recomputed digests."
 )
 
 
