@@ -141,9 +141,11 @@ def _check_distribution(where: str, dist: Any, annotation: Any) -> list[Any]:
     if not isinstance(args, list) or len(args) != 2:
         raise ConfigError(f"{where}.{kind}", f"got {args!r}; allowed: [low, high]")
     low, high = args
-    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in args)
+    numeric = all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in args
+    )
     if not numeric or not low < high or (kind == "loguniform" and low <= 0):
-        allowed = "0 < low < high" if kind == "loguniform" else "numbers with low < high"
+        allowed = "0 < low < high" if kind == "loguniform" else "finite numbers with low < high"
         raise ConfigError(f"{where}.{kind}", f"got {args!r}; allowed: {allowed}")
     wanted = int if kind == "randint" else float
     if annotation not in (wanted, wanted | None):

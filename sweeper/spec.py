@@ -34,6 +34,11 @@ from trainables.schema import (
 )
 
 
+def is_folder_name(name: str) -> bool:
+    """Whether ``name`` names one folder inside another (no path, not ``.`` or ``..``)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
 class SweepError(RuntimeError):
     """The sweep cannot start, resume or be read as asked; the message says why and what to do."""
 
@@ -140,7 +145,7 @@ class SweepSpec:
 
     def __post_init__(self):
         checks = [
-            ("name", bool(self.name) and "/" not in self.name, "a folder name without '/'"),
+            ("name", is_folder_name(self.name), "a folder name (not '.' or '..', no '/')"),
             ("seeds", len(self.seeds) >= 1 and min(self.seeds) >= 0, "integers >= 0"),
             ("seeds", len(set(self.seeds)) == len(self.seeds), "distinct seeds"),
             ("replicates", self.replicates >= 1, "an integer >= 1"),
@@ -208,7 +213,7 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
         ConfigError: Any problem, naming the file and key.
     """
     path = Path(path)
-    raw = read_yaml(path)
+    raw = read_yaml(path, allow_empty=False)  # an empty file is a mistake, not the defaults
     try:
         raw = {**raw, "seeds": _seed_list(raw.get("seeds", [42]))}
         spec = config_from_dict(SweepSpec, raw, overrides)

@@ -251,7 +251,7 @@ def _with_layer(adata):
 
 def _obs_value(key, value):
     def change(adata):
-        column = adata.obs[key].astype(object).to_numpy()
+        column = adata.obs[key].astype(object).to_numpy(copy=True)  # pandas 3: views are read-only
         column[5] = value
         adata.obs[key] = column
 
@@ -271,7 +271,8 @@ ERRORS = [
      "layers['counts'] holds non-integer values (e.g. 0.693); inVAE needs raw counts"),
     ("non-integer-X", _scale_first(0.5), {}, "X holds non-integer values (e.g. 0.5)"),
     ("negative", _scale_first(-1), {}, "X holds negative values (e.g. -1)"),
-    ("nan", _scale_first(np.nan), {}, "X holds NaN values"),
+    ("nan", _scale_first(np.nan), {}, "X holds non-finite values (e.g. nan)"),
+    ("inf", _scale_first(np.inf), {}, "X holds non-finite values (e.g. inf)"),
     ("missing-layer", None, {"counts_layer": "count"}, "no layers['count']; available layers"),
     ("missing-obs-key", None, {"bio_keys": ("celltype",)},
      "obs key 'celltype' not found; available obs columns: ['cell_type', 'condition']; "

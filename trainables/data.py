@@ -23,7 +23,7 @@ from scipy import sparse
 from sklearn.model_selection import train_test_split
 
 from trainables.config import SIMULATED, DataConfig
-from trainables.datasets import DataError, cache_dir, input_path
+from trainables.datasets import DataError, DataWarning, cache_dir, input_path
 from trainables.files import atomic_path
 from trainables.prepared import (
     PREP_VERSION,
@@ -85,7 +85,26 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         source = {"data_path": cfg.data_path, "input_sha256": input_sha, "cache_key": key}
         stored = _build(adata, cfg, source, str(path or SIMULATED))
         write_cache(cache_file, stored)
-    return assemble(stored, len(cfg.bio_keys))
+    prepared = assemble(stored, len(cfg.bio_keys))
+    _warn_single_categories(prepared, str(path or SIMULATED))
+    return prepared
+
+
+def _warn_single_categories(prepared: PreparedData, where: str) -> None:
+    """A covariate with one category carries no information: say so, once per preparation."""
+    for section, categories in (
+        ("bio", prepared.bio_categories),
+        ("tech", prepared.tech_categories),
+    ):
+        for key, names in categories.items():
+            if len(names) < 2:
+                warnings.warn(
+                    DataWarning(
+                        f"{where}: obs[{key!r}] ({section}_keys) has one category only "
+                        f"({names[0]!r}): the model can learn nothing from it"
+                    ),
+                    stacklevel=3,
+                )
 
 
 def _read_h5ad(path: Path) -> ad.AnnData:
@@ -154,8 +173,9 @@ def _build(adata: ad.AnnData, cfg: DataConfig, source: dict[str, Any], where: st
 
 def _raw_counts(adata: ad.AnnData, layer: str | None, where: str) -> sparse.csr_matrix:
     """Return the counts as CSR float32 after checking they are finite non-negative integers."""
-    if layer is not None and layer not in adata.layers:
-        available = list(adata.layers.keys())
+    layers = [str(k) for k in adata.layers if k is not None]  # anndata 0.13 lists X as None
+    if layer is not None and layer not in layers:
+        available = layers
         raise DataError(
             f"{where}: no layers[{layer!r}]; available layers: {available}"
             f"{suggest(layer, available)}"
@@ -167,7 +187,7 @@ def _raw_counts(adata: ad.AnnData, layer: str | None, where: str) -> sparse.csr_
     values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix)
     problem = _count_problem(values)
     if problem:
-        hint = "" if layer else f"; set counts_layer (layers: {list(adata.layers.keys())})"
+        hint = "" if layer else f"; set counts_layer (layers: {layers})"
         raise DataError(f"{where}: {label} holds {problem}; inVAE needs raw counts{hint}")
     return sparse.csr_matrix(matrix, dtype=np.float32)
 
@@ -176,8 +196,9 @@ def _count_problem(values: np.ndarray) -> str:
     """Describe why ``values`` are not raw counts, or return ``""``."""
     if values.dtype.kind not in "biuf":
         return f"values of type {values.dtype}"
-    if values.dtype.kind == "f" and np.isnan(values).any():
-        return "NaN values"
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = values[~np.isfinite(values)].flat[0]
+        return f"non-finite values (e.g. {bad})"
     for what, bad in (("negative", values < 0), ("non-integer", values != np.round(values))):
         if bad.any():
             return f"{what} values (e.g. {values[bad].flat[0]:.3g})"

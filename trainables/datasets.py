@@ -46,6 +46,10 @@ class DataError(ValueError):
     """The input data are missing or unusable; the message names the file, layer or obs key."""
 
 
+class DataWarning(UserWarning):
+    """The input data are usable but something in them cannot help the model (named)."""
+
+
 def cache_dir(cfg: DataConfig) -> Path:
     """Return the cache folder: ``cfg.cache_dir``, else ``$INVAE_SWEEP_CACHE``, else the default."""
     return Path(cfg.cache_dir or os.environ.get(CACHE_ENV) or "~/.cache/invae-sweep").expanduser()

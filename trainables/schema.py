@@ -14,9 +14,11 @@ The machinery behind every config and every result record of the project:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
+import math
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -217,26 +219,73 @@ def suggest(key: str, choices: list[str]) -> str:
 # --- internals -----------------------------------------------------------------------------
 
 
-def read_yaml(path: str | Path | None) -> dict[str, Any]:
-    """Read a YAML mapping (``{}`` for no path or an empty file).
+def read_yaml(path: str | Path | None, allow_empty: bool = True) -> dict[str, Any]:
+    """Read a YAML mapping (``{}`` for no path, or an empty file where ``allow_empty``).
+
+    A key given twice in one mapping is an error: YAML would silently keep the last value.
 
     Raises:
-        ConfigError: The file is missing, not YAML, or not a mapping (naming the file).
+        ConfigError: The file is missing, not a text file, not YAML, not a mapping, holds a key
+            twice, or is empty where that is not allowed (naming the file, one line).
     """
     if path is None:
         return {}
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise ConfigError("", "file not found", str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError("", "is a directory, not a YAML file", str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("", "not a text file (is it binary?)", str(path)) from None
+    except OSError as err:
+        raise ConfigError("", f"unreadable ({err.strerror or err})", str(path)) from None
     except yaml.YAMLError as err:
-        raise ConfigError("", f"invalid YAML: {err}", str(path)) from None
+        raise ConfigError("", f"invalid YAML: {_one_line(err)}", str(path)) from None
     if raw is None:
+        if not allow_empty:
+            raise ConfigError("", "the file is empty: it must hold at least one setting", str(path))
         return {}
     if not isinstance(raw, dict):
         raise ConfigError("", f"expected a mapping of keys, got {type(raw).__name__}", str(path))
     return raw
+
+
+def parse_yaml_value(text: str) -> Any:
+    """Parse one value as YAML (``[64, 64]``, ``1e-3``, ``true``), as in a config file.
+
+    Raises:
+        ValueError: The text is not valid YAML (the message is one line).
+    """
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except yaml.YAMLError as err:
+        raise ValueError(f"not valid YAML: {_one_line(err)}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key]} and {line})"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _one_line(err: Exception) -> str:
+    """A YAML error's message in one line, with the line and column where it was found."""
+    mark = getattr(err, "problem_mark", None)
+    what = getattr(err, "problem", None) or str(err)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{what}{where}".split())
 
 
 def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -315,13 +364,14 @@ def _coerce_scalar(tp: type, value: Any, key: str, strict: bool) -> Any:
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is float and not isinstance(value, bool):
-        if isinstance(value, int | float):
-            return float(value)
+        number = value if isinstance(value, int | float) else None
         if isinstance(value, str) and not strict:  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None and (strict or math.isfinite(number)):
+            return float(number)  # a record may hold inf or NaN (a drift, a diverged loss)
+        if number is not None:
+            raise ConfigError(key, f"got {_shown(value)}; allowed: a finite number")
     if tp is str and isinstance(value, str):
         return value
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
