@@ -34,7 +34,8 @@ from unittest import mock
 import ray
 from ray import tune
 
-from sweeper.driver import TUNE_DRIVER_ENV, sweep_dir, tune_callbacks
+from sweeper.driver import TUNE_DRIVER_ENV, tune_callbacks
+from sweeper.options import sweep_dir
 from sweeper.spec import load_sweep
 from trainables.schema import config_to_dict
 

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from sweeper.driver import DriverOptions, run_sweep
+from sweeper.driver import run_sweep
+from sweeper.options import DriverOptions
 from sweeper.spec import load_sweep
 from trainables.run_record import load_run
 

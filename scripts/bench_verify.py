@@ -25,7 +25,8 @@ CONFIG = Path(__file__).parents[1] / "configs" / "sweep.yaml"
 
 def build(storage: Path, epochs: int) -> Path:
     """Run the default sweep's 24 trials on the CPU for a few epochs; return its folder."""
-    from sweeper.driver import DriverOptions, run_sweep
+    from sweeper.driver import run_sweep
+    from sweeper.options import DriverOptions
     from sweeper.spec import load_sweep
 
     overrides = {

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sweeper.driver import DriverOptions, publish_outputs, run_trials, sweep_dir
+from sweeper.driver import publish_outputs, run_trials
+from sweeper.options import DriverOptions, sweep_dir
 from sweeper.results import Summary
 from sweeper.spec import LoadedSweep
 from sweeper.storage import SweepFolder

@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sweeper.options import DriverOptions
 from sweeper.spec import LoadedSweep, SweepError
 from trainables.concurrency import shared_process_env
 from trainables.constants import TUNE_REPLICATE
 from trainables.seeding import determinism_env
-
-if TYPE_CHECKING:
-    from sweeper.driver import DriverOptions
 
 DEFAULT_TRIALS_PER_GPU = 4
 
@@ -50,6 +48,28 @@ def worker_env(sweep: LoadedSweep) -> dict[str, str]:
     if sweep.spec.resources.one_process_per_gpu:  # a GPU's trials share a process
         env.update(shared_process_env())
     return env
+
+
+CLOUD_CREDENTIALS = frozenset(
+    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+)
+"""Credentials Tune would ship to every trial in its ``runtime_env``."""
+
+
+def keep_credentials_out_of_runtime_envs() -> None:
+    """Stop Tune from copying cloud credentials of the driver into its trials' ``runtime_env``.
+
+    Ray's runtime-env agent writes every ``runtime_env`` it sets up, in plain text, to its log
+    in Ray's session folder. Trials of a Ray started here inherit the driver's environment
+    anyway; a cluster's nodes get credentials of their own (``docs/cluster.md``). Tune keeps
+    the names in a private module set (``ray.tune.execution.class_cache``, Ray 2.60); the
+    credential search test fails if that changes.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(
+        class_cache.ENV_VARS_TO_PROPAGATE - CLOUD_CREDENTIALS
+    )
 
 
 def connect(options: DriverOptions, env: dict[str, str]) -> tuple[int, float, bool]:

@@ -9,29 +9,31 @@ pictures, report, W&B report run), and last the seal (``SHA256SUMS``) of every f
 from __future__ import annotations
 
 import math
-import netrc
 import os
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from ray.tune import Callback
 
 from sweeper.cluster import (
     DEFAULT_TRIALS_PER_GPU,
     connect,
     gpus_per_trial,
+    keep_credentials_out_of_runtime_envs,
     replicates_over_nodes,
     start_training_hosts,
     worker_env,
 )
+from sweeper.options import DriverOptions, check_before_ray, discard_unstarted, sweep_dir
 from sweeper.results import Outputs, Summary, collect_results, write_spec_record, write_summary
 from sweeper.search import expand_trials, param_space, searched_values
 from sweeper.spec import LoadedSweep, SweepError
 from sweeper.storage import SweepFolder
 from sweeper.verify.seal import write_seal
 from trainables.constants import TUNE_REPLICATE
-from trainables.files import is_uri
 from trainables.schema import config_to_dict
 
 TUNE_DRIVER_ENV = {
@@ -51,37 +53,6 @@ OUTPUTS_LOG = "outputs-error.log"
 """The traceback of a failed post-sweep output, in the sweep folder."""
 
 
-@dataclass(frozen=True)
-class DriverOptions:
-    """Command-line choices that override or complete the sweep file."""
-
-    gpus: int | None = None  # None: all GPUs of the local machine or cluster
-    cpus: int | None = None  # None: all CPUs
-    address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001", ...)
-    name: str | None = None
-    storage: str | None = None
-    resume: bool = False
-    spread_replicates: bool = False  # pin replicate i to node i mod n (audits; multi-node)
-
-
-def apply_options(sweep: LoadedSweep, options: DriverOptions) -> LoadedSweep:
-    """Return the sweep with ``--name`` / ``--storage`` applied."""
-    spec = sweep.spec
-    if options.name:
-        spec = replace(spec, name=options.name)
-    if options.storage:
-        spec = replace(spec, storage_path=options.storage)
-    return replace(sweep, spec=spec)
-
-
-def sweep_dir(sweep: LoadedSweep) -> SweepFolder:
-    """The sweep folder ``<storage>/<name>``: an absolute path or a URI."""
-    storage = sweep.spec.storage_path
-    if not is_uri(storage):
-        storage = str(Path(storage).expanduser().resolve())
-    return SweepFolder(f"{storage.rstrip('/')}/{sweep.spec.name}")
-
-
 def trial_table(sweep: LoadedSweep, n_gpus: int) -> list[dict[str, Any]]:
     """One row per trial, as the searcher will generate them: for ``--dry-run``."""
     gpu = gpus_per_trial(sweep, n_gpus)
@@ -96,21 +67,6 @@ def trial_table(sweep: LoadedSweep, n_gpus: int) -> list[dict[str, Any]]:
         }
         for i, config in enumerate(expand_trials(sweep))
     ]
-
-
-def check_wandb(sweep: LoadedSweep) -> None:
-    """Refuse online W&B logging when no API key is configured (env or ``wandb login``)."""
-    if sweep.spec.wandb.mode != "online" or os.environ.get("WANDB_API_KEY"):
-        return
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return
-    except (FileNotFoundError, netrc.NetrcParseError):
-        pass
-    raise SweepError(
-        "wandb.mode is online but no W&B API key is configured: run `wandb login`, set "
-        "WANDB_API_KEY, or use wandb.mode: offline"
-    )
 
 
 def run_sweep(
@@ -152,13 +108,17 @@ def run_trials(
     from trainables.data import prepare_data
 
     folder = sweep_dir(sweep)
-    check_wandb(sweep)
-    _check_folder(folder, options.resume)
+    created = check_before_ray(sweep, options)
     for key, value in TUNE_DRIVER_ENV.items():
         os.environ.setdefault(key, value)
-    n_gpus, n_cpus, started = connect(options, worker_env(sweep))
     hosts: list[Any] = []
+    started = False
     try:
+        # Data are prepared once, before Ray starts, and shipped through the object store,
+        # unless the sweep searches data keys: then each trial prepares its own (cached).
+        shared = None if sweep.spec.searched_data_keys() else prepare_data(sweep.data)
+        keep_credentials_out_of_runtime_envs()
+        n_gpus, n_cpus, started = connect(options, worker_env(sweep))
         if len([n for n in ray.nodes() if n["Alive"]]) > 1:
             folder.check_visible_from_all_nodes()
         write_spec_record(folder, sweep, resume=options.resume)
@@ -166,9 +126,6 @@ def run_trials(
         resources = {"cpu": sweep.spec.resources.cpus_per_trial, "gpu": gpu}
         if options.spread_replicates:
             resources = replicates_over_nodes(resources) or resources
-        # Data are prepared once and shipped through the object store, unless the sweep
-        # searches data keys: then each trial prepares its own (cached on disk).
-        shared = None if sweep.spec.searched_data_keys() else prepare_data(sweep.data)
         if sweep.spec.resources.one_process_per_gpu:
             if callable(resources):
                 raise SweepError(
@@ -183,15 +140,63 @@ def run_trials(
             resources = {**resources, "gpu": 0}  # the trial's worker only relays; its host trains
             gpu = 1 / slots
         placement = (n_gpus, gpu, resources)
-        tuner = _make_tuner(
-            sweep, folder, placement, (shared, hosts), options.resume, list(extra_callbacks)
-        )
-        return collect_results(sweep, folder, tuner.fit())
-    finally:
-        for host in hosts:
-            ray.kill(host)
-        if started:
-            ray.shutdown()
+        ending = ExperimentEnd()
+        callbacks = [*extra_callbacks, ending]
+        tuner = _make_tuner(sweep, folder, placement, (shared, hosts), options.resume, callbacks)
+        grid = tuner.fit()
+    except BaseException:  # a failure, or Ctrl-C twice: keep what can be resumed, no more
+        _stop(hosts, started)
+        discard_unstarted(folder, options.resume, created)
+        raise
+    _stop(hosts, started)
+    if ending.unfinished:  # Ctrl-C: Tune stopped the trials and saved its state
+        raise SweepInterrupted(f"{ending.unfinished} trial(s) unfinished", folder)
+    return collect_results(sweep, folder, grid)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep was stopped (Ctrl-C) before its trials finished; ``--resume`` continues it."""
+
+    def __init__(self, what: str, folder: SweepFolder):
+        super().__init__(f"{what}; its state is saved in {folder}: continue with --resume")
+
+
+class ExperimentEnd(Callback):
+    """Counts the trials Tune left unfinished when its run ended.
+
+    After a Ctrl-C, Tune stops the trials, saves its state, marks every trial terminated and
+    returns as if done. A trial ended when it completed or errored in this run, or was already
+    terminated when a step of the run saw it (finished before a resume).
+    """
+
+    def __init__(self):
+        self.unfinished = 0
+        self._ended: set[str] = set()
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        """Note the trials that have ended, as the loop sees them."""
+        self._ended.update(t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR"))
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any):
+        """Note a trial that completed."""
+        self._ended.add(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any):
+        """Note a trial that errored."""
+        self._ended.add(trial.trial_id)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        """Count the trials that did not end."""
+        self.unfinished = sum(t.trial_id not in self._ended for t in trials)
+
+
+def _stop(hosts: list[Any], started: bool) -> None:
+    import ray
+
+    for host in hosts:
+        ray.kill(host)
+    if started:
+        ray.shutdown()
 
 
 def publish_outputs(sweep: LoadedSweep, folder: SweepFolder, summary: Summary) -> Summary:
@@ -227,18 +232,6 @@ def publish_outputs(sweep: LoadedSweep, folder: SweepFolder, summary: Summary) -
         summary = replace(summary, outputs=replace(outputs, error=error))
         write_summary(folder, summary)
     return summary
-
-
-def _check_folder(folder: SweepFolder, resume: bool) -> None:
-    from ray import tune
-
-    if resume and not tune.Tuner.can_restore(folder.location):
-        raise SweepError(f"{folder}: nothing to resume (no sweep state found there)")
-    if not resume and not folder.is_empty():
-        raise SweepError(
-            f"{folder} already holds a sweep: pass --resume to continue it, or --name to start "
-            "another"
-        )
 
 
 def _make_tuner(

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import ray
-from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLoggingActor
+import wandb
+from ray.air.integrations.wandb import (
+    WandbLoggerCallback,
+    _force_on_current_node,
+    _QueueItem,
+    _WandbLoggingActor,
+)
 
 from sweeper.results import Summary
 from sweeper.spec import LoadedSweep
 from trainables.constants import WANDB_CONFIG_KEYS
+
+# W&B records the git remote itself, keeping the user name of https://user:token@host URLs;
+# each run's git state is in its config (git/*), its remote without credentials.
+_SETTINGS = wandb.Settings(disable_git=True)
+INTERRUPTED_WAIT_S = 10
+"""After a Ctrl-C, how long the driver waits for the W&B runs of trials to finish."""
 
 
 class _LoggingActor(_WandbLoggingActor):
@@ -61,6 +74,46 @@ class ProvenanceWandbCallback(WandbLoggerCallback):
     AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, *WANDB_CONFIG_KEYS]
     _logger_actor_cls = _LoggingActor
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._ended: set[str] = set()  # trials that completed or failed in this run
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """Wait for every trial's run to finish; after a Ctrl-C, briefly.
+
+        Tune's callback waits ``upload_timeout`` (30 minutes) for each logging actor to finish
+        its run, but only a trial that ended tells its actor to, and after a Ctrl-C Tune marks
+        the stopped trials terminated without ending them. Runs of trials that did not end are
+        told to finish, and any run not finished within ``INTERRUPTED_WAIT_S`` is given up
+        (``--resume`` logs to the same run id).
+        """
+        unfinished = [t for t in self._trial_logging_actors if t.trial_id not in self._ended]
+        if not unfinished:
+            super().on_experiment_end(trials, **info)
+            return
+        for trial in unfinished:
+            self._signal_logging_actor_stop(trial=trial)
+        self._cleanup_logging_actors(timeout=INTERRUPTED_WAIT_S, kill_on_timeout=True)
+
+    def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs) -> None:
+        """Start the trial's logging actor as Tune does, but with no credential in its options.
+
+        Tune's callback ships ``WANDB_API_KEY`` to its logging actors in their
+        ``runtime_env``, which Ray's runtime-env agent writes in plain text to its log in
+        Ray's session folder. The actors run on this node (the driver's) and find the key as
+        W&B does anywhere: in the environment they inherit, or from ``wandb login``.
+        """
+        if not self._remote_logger_class:
+            self._remote_logger_class = ray.remote(
+                num_cpus=0, **_force_on_current_node(), max_restarts=-1, max_task_retries=-1
+            )(self._logger_actor_cls)
+        super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        """Note that the trial ended (completed or failed), then end its run as Tune does."""
+        self._ended.add(trial.trial_id)
+        super().log_trial_end(trial, failed)
+
     def log_trial_start(self, trial) -> None:
         """Start the trial's W&B logging actor and queue, as Tune does; pipeline the queue."""
         super().log_trial_start(trial)  # starts the trial's logging actor and its queue
@@ -88,6 +141,7 @@ def wandb_callback(sweep: LoadedSweep, folder: Path) -> ProvenanceWandbCallback:
         dir=str(folder),  # stable: Ray may sync the trial folder before W&B finishes
         resume="allow",
         upload_checkpoints=False,
+        settings=_SETTINGS,
     )
 
 
@@ -97,10 +151,6 @@ def log_report(sweep: LoadedSweep, folder: Path, summary: Summary, images: dict[
     The run joins the sweep's group (``job_type="report"``), offline unless online is asked
     for, and writes beside the trials' runs.
     """
-    import os
-
-    import wandb
-
     spec = sweep.spec.wandb
     if spec.mode == "offline":
         os.environ["WANDB_MODE"] = "offline"
@@ -114,6 +164,7 @@ def log_report(sweep: LoadedSweep, folder: Path, summary: Summary, images: dict[
         dir=str(folder),
         config={"best_trial": summary.best_trial, "metric": summary.metric},
         reinit="create_new",
+        settings=_SETTINGS,
     )
     run.log({name: wandb.Image(str(path)) for name, path in images.items()})
     baseline = (summary.outputs.baseline_pca if summary.outputs else None) or {}

@@ -8,7 +8,8 @@ import pytest
 from ray import tune
 
 from sweeper.audit import audit_sweep, run_audit
-from sweeper.driver import DriverOptions, apply_options, run_sweep
+from sweeper.driver import run_sweep
+from sweeper.options import DriverOptions, apply_options
 from sweeper.spec import SweepError, load_sweep
 from sweeper.storage import SweepFolder, nodes_missing
 

@@ -11,7 +11,8 @@ import pytest
 from ray import tune
 
 from sweeper.cli import audit_main, verify_main
-from sweeper.driver import DriverOptions, apply_options, run_sweep
+from sweeper.driver import run_sweep
+from sweeper.options import DriverOptions, apply_options
 from sweeper.results import load_summary
 from sweeper.spec import load_sweep
 from sweeper.verify.seal import SEAL_FILE, parse_manifest
