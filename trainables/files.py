@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,60 @@ class ResultFileError(ValueError):
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
         super().__init__(f"{path}: {reason}")
+
+
+class OutputFolderError(ValueError):
+    """A folder results are to be written into cannot be used; the message names it and why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: {reason}")
+
+
+def prepare_output_folder(
+    path: str | Path, results: tuple[str, ...] = (), overwrite: bool = False
+) -> Path | None:
+    """Make ``path`` a folder that results can be written into, before any work is done.
+
+    Args:
+        path: The folder (created, with its parents, if missing).
+        results: Names of the files the work will write there.
+        overwrite: Whether results already there may be replaced.
+
+    Returns:
+        The outermost folder created here (``path`` or an ancestor), None if ``path`` existed:
+        work that fails before writing anything takes it away again (``remove_if_empty``).
+
+    Raises:
+        OutputFolderError: ``path`` is a file or lies under one, is not writable, or holds one
+            of ``results`` and ``overwrite`` is off.
+    """
+    path = Path(path)
+    held = [name for name in results if (path / name).exists()]
+    if held and not overwrite:
+        raise OutputFolderError(
+            path, f"already holds {', '.join(held)}: choose another folder, or pass --overwrite"
+        )
+    created = None
+    for folder in (path, *path.parents):  # the outermost of the folders that are missing
+        if folder.exists():
+            break
+        created = folder
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        if created is not None:
+            remove_if_empty(created)
+        raise OutputFolderError(path, f"cannot write here ({err.strerror or err})") from None
+    return created
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` and the empty folders below it, if no file is anywhere below it."""
+    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainables.config import DataConfig, TrainConfig
+from trainables.constants import MODEL_FILE, RUN_FILE
 from trainables.data import prepare_data
+from trainables.files import prepare_output_folder, remove_if_empty
 from trainables.provenance import get_environment_info
 from trainables.run_record import RunRecord, RunResult, flat_run_config, run_record, write_run
 from trainables.schema import config_to_dict
@@ -39,6 +41,7 @@ def run_standalone(
     out_dir: str | Path,
     wandb: WandbSettings | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train one model and write its record and weights into ``out_dir``.
 
@@ -48,11 +51,31 @@ def run_standalone(
         out_dir: Folder for ``run.json`` and ``model.pt`` (and ``wandb/`` when logging).
         wandb: W&B settings; None or mode "off" logs nothing.
         progress: Called with each epoch's metrics (e.g. to print a line).
+        overwrite: Replace a run already in ``out_dir`` (else it is refused, before training).
 
     Returns:
         The run's result.
+
+    Raises:
+        OutputFolderError: ``out_dir`` holds a run (without ``overwrite``) or is not writable.
     """
     out_dir = Path(out_dir)
+    created = prepare_output_folder(out_dir, (RUN_FILE, MODEL_FILE), overwrite)
+    try:
+        return _train_and_write(train_cfg, data_cfg, out_dir, wandb, progress)
+    except BaseException:  # bad data, a diverged loss, Ctrl-C: leave no empty folders behind
+        if created is not None:
+            remove_if_empty(created)
+        raise
+
+
+def _train_and_write(
+    train_cfg: TrainConfig,
+    data_cfg: DataConfig,
+    out_dir: Path,
+    wandb: WandbSettings | None,
+    progress: Callable[[dict[str, float]], None] | None,
+) -> RunResult:
     prepared = prepare_data(data_cfg)
     logger = (
         _WandbLogger(wandb, out_dir, train_cfg, data_cfg) if wandb and wandb.mode != "off" else None
@@ -100,6 +123,7 @@ class _WandbLogger:
             mode=settings.mode,
             dir=str(out_dir),
             config=flat_run_config(partial),
+            settings=wandb.Settings(disable_git=True),  # W&B's own git record keeps URL users
         )
 
     def log(self, metrics: dict[str, float]) -> None:

@@ -42,21 +42,25 @@ class Reproduction:
         return self.comparison.identical and not self.recorded_altered
 
 
-def reproduce_run(run_dir: str | Path, out_dir: str | Path) -> Reproduction:
+def reproduce_run(
+    run_dir: str | Path, out_dir: str | Path, overwrite: bool = False
+) -> Reproduction:
     """Rerun a recorded run into ``out_dir`` and compare it with the original.
 
     Args:
         run_dir: A folder holding ``run.json`` and ``model.pt``.
         out_dir: Where the rerun's ``run.json`` and ``model.pt`` go.
+        overwrite: Replace a run already in ``out_dir`` (else it is refused, before training).
 
     Raises:
         ResultFileError: ``run.json`` or ``model.pt`` is missing, corrupt or not of its kind.
         ConfigError: The recorded config is not usable (e.g. it has no data config).
+        OutputFolderError: ``out_dir`` holds a run (without ``overwrite``) or is not writable.
     """
     recorded = read_evidence(FolderReader(SweepFolder(run_dir)), "", "recorded")
     source = str(Path(run_dir) / RUN_FILE)
     train_cfg = recorded.record.config.train_config(source)
     data_cfg = recorded.record.config.data_config(source)
-    run_standalone(train_cfg, data_cfg, out_dir)
+    run_standalone(train_cfg, data_cfg, out_dir, overwrite=overwrite)
     rerun = read_evidence(FolderReader(SweepFolder(out_dir)), "", "rerun")
     return Reproduction(compare_runs(recorded, rerun), recorded.altered, str(out_dir))

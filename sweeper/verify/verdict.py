@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import posixpath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeper.report import format_table, params_text
 from sweeper.verify.records import (
@@ -17,6 +17,9 @@ from sweeper.verify.records import (
     SealCheck,
     Verification,
 )
+
+if TYPE_CHECKING:  # the rerun's record type only: printing a verdict needs no torch
+    from sweeper.verify.reproduce import Reproduction
 
 MAX_NAMES = 8  # files, tensors or epochs named in one line of the terminal verdict
 
@@ -163,3 +166,28 @@ def names_text(names: tuple[str, ...] | list[str], limit: int = MAX_NAMES) -> st
 def shorten(text: str, width: int) -> str:
     """``text`` cut to ``width`` characters, with ``...`` where it was cut."""
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_reproduction(outcome: Reproduction) -> str:
+    """A rerun against its record for a terminal: environment, digests, where they differ."""
+    comparison = outcome.comparison
+    lines = [f"recorded run altered: {alteration_line(a)}" for a in outcome.recorded_altered]
+    rows = [
+        {"field": d.field, "recorded": d.values[0], "current": d.values[1], "decisive": d.decisive}
+        for d in comparison.environment
+    ]
+    lines.append("environment: " + ("differs from the record:" if rows else "as recorded"))
+    lines += [format_table(rows)] if rows else []
+    lines += [
+        f"{k:>9}: {'identical' if same else 'DIFFERENT'}" for k, same in comparison.same.items()
+    ]
+    if comparison.not_comparable_because:
+        lines.append("not comparable bit for bit: " + ", ".join(comparison.not_comparable_because))
+    if comparison.first_divergence:
+        first = comparison.first_divergence
+        lines.append(f"first divergence: epoch {first.epoch}: {', '.join(first.metrics)}")
+    if comparison.differing_tensors:
+        lines.append(format_table([dict(vars(t)) for t in comparison.differing_tensors[:10]]))
+    lines.append(f"rerun: {outcome.rerun}")
+    lines.append("REPRODUCED bit for bit" if outcome.reproduced else "NOT REPRODUCED")
+    return "\n".join(lines)
