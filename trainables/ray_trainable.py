@@ -7,7 +7,6 @@ host reports. Everything else a trial does lives in plain functions that run wit
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import socket
@@ -36,7 +35,7 @@ from trainables.host import TrainingHost
 from trainables.prepared import PreparedData
 from trainables.provenance import get_environment_info
 from trainables.run_record import RunRecord, RunResult, TrialInfo, write_run
-from trainables.schema import config_from_dict, config_to_dict, flatten_dict, record_from_dict
+from trainables.schema import config_from_dict, config_to_dict, flatten_dict, parse_record
 from trainables.train import Report, train
 
 HOST_WAIT_S = 5.0
@@ -82,8 +81,9 @@ def earlier_record(storage: str | None) -> RunRecord | None:
     filesystem, root = storage_filesystem(storage)
     folder = posixpath.join(root, Path.cwd().name)
     try:
-        with filesystem.open_input_stream(posixpath.join(folder, RUN_FILE)) as f:
-            record = record_from_dict(RunRecord, json.loads(f.read()))
+        path = posixpath.join(folder, RUN_FILE)
+        with filesystem.open_input_stream(path) as f:
+            record = parse_record(RunRecord, f.read(), path)
         weights = filesystem.get_file_info(posixpath.join(folder, MODEL_FILE))
     except (OSError, ValueError):  # absent (FileNotFoundError is an OSError) or not a record
         return None
