@@ -35,7 +35,7 @@ def run(gpus: int, epochs: int, storage: Path) -> dict:
     sweep = load_sweep(CONFIG, {**overrides, "outputs.best_n": 0})  # time trials, not pictures
     started = time.time()
     with GpuSampler() as sampler:
-        summary = run_sweep(sweep, DriverOptions(gpus=gpus))
+        summary = run_sweep(sweep, DriverOptions(gpus=gpus)).summary
     wall = time.time() - started
     folder = storage / name
     placement = Counter()

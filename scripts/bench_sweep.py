@@ -113,7 +113,7 @@ def run_packing(
     sweep = load_sweep(CONFIG, overrides)
     started = time.time()
     with GpuSampler() as sampler:
-        summary = run_sweep(sweep, DriverOptions(gpus=1))
+        summary = run_sweep(sweep, DriverOptions(gpus=1)).summary
     wall = time.time() - started
     folder = storage / sweep.spec.name
     timings = [load_run(folder / t.trial_dir).timing for t in summary.trials]

@@ -39,7 +39,7 @@ def build(storage: Path, epochs: int) -> Path:
         "outputs.best_n": 0,
         "wandb.mode": "disabled",
     }
-    summary = run_sweep(load_sweep(CONFIG, overrides), DriverOptions(gpus=0))
+    summary = run_sweep(load_sweep(CONFIG, overrides), DriverOptions(gpus=0)).summary
     if summary.n_completed != summary.n_trials:
         sys.exit(f"only {summary.n_completed} of {summary.n_trials} trials completed")
     return storage / "verify-bench"

@@ -95,8 +95,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trainables.standalone import WandbSettings, print_progress, run_standalone
+    from trainables.standalone import print_progress, run_standalone
     from trainables.train import NonFiniteLossError
+    from trainables.wandb_run import WandbSettings
 
     train_over, data_over = parse_overrides(args.set)
     if args.smoke:
@@ -138,6 +139,7 @@ def _sweep(prog: str, args: argparse.Namespace) -> int:
     from sweeper.options import apply_options, sweep_dir
     from sweeper.report import format_summary, format_table
     from sweeper.spec import load_sweep
+    from sweeper.verify.verdict import verdict_line
 
     options = _driver_options(args, resume=args.resume)
     overrides = _smoke_sweep_overrides() if args.smoke else None
@@ -147,10 +149,12 @@ def _sweep(prog: str, args: argparse.Namespace) -> int:
         print(f"{len(rows)} trials -> {sweep_dir(sweep)}")
         print(format_table(rows))
         return EXIT_OK
-    summary = run_sweep(sweep, options)
+    outcome = run_sweep(sweep, options)
+    summary = outcome.summary
     print(format_summary(summary))
+    print(f"verification: {verdict_line(outcome.verification)} (report: {outcome.report})")
     print(f"results: {sweep_dir(sweep)}")
-    failed = _outputs_failed(prog, summary)
+    failed = _outputs_failed(prog, summary) or outcome.verification.exit_code != 0
     return EXIT_FAILED if summary.n_errored or failed else EXIT_OK
 
 
@@ -217,14 +221,14 @@ def verify_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from sweeper.audit import verify_and_publish
     from sweeper.storage import SweepFolder
     from sweeper.verify.analysis import write_verification
+    from sweeper.verify.report import publish_verification
     from sweeper.verify.verdict import format_verdict
     from trainables.files import ResultFileError
 
     try:
-        verification, html = verify_and_publish(SweepFolder(args.sweep_dir))
+        verification, html = publish_verification(SweepFolder(args.sweep_dir))
         if args.json:
             write_verification(verification, args.json)
     except OSError as err:  # the reports cannot be written there

@@ -2,8 +2,9 @@
 
 ``run_sweep`` connects to (or starts) Ray, prepares the data once, runs every trial of a
 validated sweep and writes ``summary.json``, ``results.csv`` and ``best/`` into the sweep
-folder ``<storage>/<name>/``; then, with Ray shut down, the post-sweep outputs (embeddings,
-pictures, report, W&B report run), and last the seal (``SHA256SUMS``) of every file.
+folder ``<storage>/<name>/``; then, with Ray shut down, seals (``SHA256SUMS``) and verifies
+them, makes the post-sweep outputs (embeddings, pictures, report, W&B report run), and last
+seals every file again.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import math
 import os
 import traceback
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from sweeper.results import Outputs, Summary, collect_results, write_spec_record
 from sweeper.search import expand_trials, param_space, searched_values
 from sweeper.spec import LoadedSweep, SweepError
 from sweeper.storage import SweepFolder
+from sweeper.verify.records import Verification
 from sweeper.verify.seal import write_seal
-from trainables.constants import TUNE_REPLICATE
+from trainables.constants import TUNE_REPLICATE, WANDB_CONFIG, WANDB_SUMMARY
 from trainables.schema import config_to_dict
 
 TUNE_DRIVER_ENV = {
@@ -69,28 +71,53 @@ def trial_table(sweep: LoadedSweep, n_gpus: int) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What a sweep found and made: its verification, the HTML report of it, its summary."""
+
+    verification: Verification
+    report: str
+    summary: Summary
+
+
 def run_sweep(
-    sweep: LoadedSweep, options: DriverOptions, extra_callbacks: Sequence[Any] = ()
-) -> Summary:
-    """Run (or resume) a sweep to the end, write its results and outputs, and seal them.
+    sweep: LoadedSweep,
+    options: DriverOptions,
+    extra_callbacks: Sequence[Any] = (),
+    on_verdict: Callable[[Verification, str], None] | None = None,
+) -> SweepOutcome:
+    """Run (or resume) a sweep to the end, seal and verify its results, then make its outputs.
+
+    The verdict comes first: the trials' files are sealed and verified, and the verification
+    written, before any embedding, picture, report or W&B report run is made, so a failing
+    output can neither hide nor prevent it. The outputs are sealed too, at the end.
 
     Args:
         sweep: The validated sweep (``apply_options`` already applied).
         options: GPUs, CPUs, cluster address and resume flag.
         extra_callbacks: Further ``ray.tune.Callback`` objects (progress hooks, monitors).
+        on_verdict: Called with the verification and its report's location as soon as they
+            are written (the command line prints them there).
 
     Returns:
-        The summary written to ``summary.json`` (``outputs.error`` says why outputs failed).
+        The verification, its report and the summary written to ``summary.json``
+        (``outputs.error`` says why outputs failed).
 
     Raises:
         SweepError: The sweep folder exists without ``--resume``, there is nothing to resume,
             or the cluster lacks the GPUs asked for.
     """
+    from sweeper.verify.report import publish_verification
+
     folder = sweep_dir(sweep)
     summary = run_trials(sweep, options, extra_callbacks)
-    summary = publish_outputs(sweep, folder, summary)
     write_seal(folder)
-    return summary
+    verification, html = publish_verification(folder)
+    if on_verdict is not None:
+        on_verdict(verification, html)
+    summary = publish_outputs(sweep, folder, summary, verification)
+    write_seal(folder)
+    return SweepOutcome(verification, html, summary)
 
 
 def run_trials(
@@ -98,7 +125,7 @@ def run_trials(
 ) -> Summary:
     """Run (or resume) every trial and write ``summary.json``, ``results.csv`` and ``best/``.
 
-    No outputs and no seal: :func:`run_sweep` adds them.
+    No seal, verification or outputs: :func:`run_sweep` adds them.
 
     Raises:
         SweepError: As :func:`run_sweep`.
@@ -199,8 +226,13 @@ def _stop(hosts: list[Any], started: bool) -> None:
         ray.shutdown()
 
 
-def publish_outputs(sweep: LoadedSweep, folder: SweepFolder, summary: Summary) -> Summary:
+def publish_outputs(
+    sweep: LoadedSweep, folder: SweepFolder, summary: Summary, verification: Verification
+) -> Summary:
     """Embed and picture the best trials, compare with PCA, write the report; update summary.
+
+    The W&B report run (unless W&B is disabled) holds the pictures, the best trials' scores
+    and the verification's verdict.
 
     Never raises for a failing output: the trials' results stand whatever happens here. The
     error goes into ``summary.outputs.error`` in one line, its traceback into
@@ -224,7 +256,7 @@ def publish_outputs(sweep: LoadedSweep, folder: SweepFolder, summary: Summary) -
                 for name, path in (("umap", entry.umap_png), ("loss", entry.loss_png)):
                     if path is not None:
                         images[f"{entry.trial_id}/{name}"] = folder.local / path
-            log_report(sweep, folder.local, summary, images)
+            log_report(sweep, folder.local, summary, images, verification)
     except Exception as err:  # any failure of an extra: record it, keep the results
         folder.write_bytes(OUTPUTS_LOG, traceback.format_exc().encode())
         reason = " ".join(str(err).split())[:300] or type(err).__name__
@@ -243,12 +275,16 @@ def _make_tuner(
     callbacks: list[Any],
 ):
     from ray import tune
+    from ray.tune.experimental import output
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
     from trainables.ray_trainable import tune_trainable
 
     spec = sweep.spec
+    # A trial's W&B config and summary ride on its results; Tune's terminal tables of a
+    # trial's last result leave them out, as they leave out its config.
+    output.BLACKLISTED_KEYS.update({WANDB_CONFIG, WANDB_SUMMARY})
     data, hosts = shared  # data prepared once (or None), training hosts (or none)
     trainable = tune.with_parameters(
         tune_trainable,
@@ -258,6 +294,7 @@ def _make_tuner(
         checkpoint_every=spec.checkpoint_every,
         storage=folder.location,
         hosts=hosts or None,
+        wandb=spec.wandb_runs(),
     )
     # GPUs to use, a trial's GPU share, its resources (a dict, or a callable of its config)
     n_gpus, gpu, resources = placement

@@ -32,6 +32,7 @@ from trainables.schema import (
     read_yaml,
     suggest,
 )
+from trainables.wandb_run import SweepRuns
 
 
 def is_folder_name(name: str) -> bool:
@@ -85,7 +86,7 @@ class WandbSpec:
 
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "invae-sweep"
-    group: str | None = None  # None: the sweep name
+    group: str | None = None  # None: the sweep name; trials go to "<group>/seed=..." groups
     tags: tuple[str, ...] = ()
 
 
@@ -187,6 +188,12 @@ class SweepSpec:
     def searched_data_keys(self) -> list[str]:
         """Search keys that change the data config (their trials prepare their own data)."""
         return [k for k in self.search if k.startswith(DATA_PREFIX)]
+
+    def wandb_runs(self) -> SweepRuns | None:
+        """The W&B project, mode and group of the trials' runs (None: W&B is disabled)."""
+        if self.wandb.mode == "disabled":
+            return None
+        return SweepRuns(self.wandb.project, self.wandb.mode, self.wandb.group or self.name)
 
 
 @dataclass(frozen=True)

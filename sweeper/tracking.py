@@ -1,4 +1,10 @@
-"""W&B logging of a sweep, driver-side, through Ray's ``WandbLoggerCallback``."""
+"""W&B logging of a sweep, driver-side, through Ray's ``WandbLoggerCallback``.
+
+Each trial's run has the layout of ``trainables.wandb_run`` (the one ``invae-train --wandb``
+writes), goes to its point's group (``point_group``: replicates side by side), and is tagged
+with the spec's tags and ``uncommitted-changes`` when the driver's git tree is dirty. The
+sweep's report run holds its pictures, the best trials' scores and the verification verdict.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,11 @@ from ray.air.integrations.wandb import (
 
 from sweeper.results import Summary
 from sweeper.spec import LoadedSweep
-from trainables.constants import WANDB_CONFIG_KEYS
+from sweeper.verify.records import Verification
+from trainables.constants import TUNE_REPLICATE, WANDB_CONFIG, WANDB_SUMMARY
+from trainables.run_record import RunConfigs
+from trainables.schema import config_to_dict
+from trainables.wandb_run import keep_file, point_group, tags, wandb_config
 
 # W&B records the git remote itself, keeping the user name of https://user:token@host URLs;
 # each run's git state is in its config (git/*), its remote without credentials.
@@ -26,15 +36,29 @@ INTERRUPTED_WAIT_S = 10
 
 
 class _LoggingActor(_WandbLoggingActor):
-    """Ray's per-trial W&B logging actor, closing its W&B service connection when done.
+    """Ray's per-trial W&B logging actor: the trial's config and summary go where they belong.
 
-    Ray kills the actor once its run has finished; W&B's own exit hook then finds its service
-    gone and prints a ``ConnectionResetError`` traceback for a run that was saved in full.
+    A result's ``wandb_config`` updates the run's config; ``wandb_summary`` (the run's digests
+    and ``run.json``, with the last result) goes with that result's metrics into the run's
+    summary. Neither enters the history. When done, the actor closes its W&B service
+    connection: Ray kills the actor once its run has finished, and W&B's own exit hook would
+    find its service gone and print a ``ConnectionResetError`` for a run saved in full.
     """
 
     def run(self):
         super().run()
         self._wandb.teardown()
+
+    def _handle_result(self, result):
+        result = dict(result)
+        result.pop("config", None)  # Tune's trial config: the run's config has it, laid out
+        config = result.pop(WANDB_CONFIG, None) or {}
+        summary = result.pop(WANDB_SUMMARY, None)
+        log, config_update = super()._handle_result(result)
+        if summary:  # the last result: final metrics and scores, digests, run.json
+            self._wandb.run.summary.update({**log, **summary})
+            keep_file(self._wandb.run, Path(summary["run_json"]))  # if storage is local
+        return log, {**config_update, **config}
 
 
 class _PipelinedQueue:
@@ -64,18 +88,21 @@ class _PipelinedQueue:
 
 
 class ProvenanceWandbCallback(WandbLoggerCallback):
-    """``WandbLoggerCallback`` that files each trial's configs and provenance under its config.
+    """``WandbLoggerCallback`` that lays out each trial's run as ``invae-train`` lays out its own.
 
-    A trial sends ``run_config/*`` (its full train and data configs), ``git/*``, ``system/*``,
-    ``packages/*`` and ``node/*`` (they describe the node it runs on) with its first result;
-    these keys go to ``wandb.config``, not to the history.
+    At the start a run gets the trial's configs (``data_*``, ``train_*``, ``model/*``,
+    ``optimizer/*``), ``trial/*`` and ``sweep/name``; the trial adds its environment and node
+    with its first result, and its seeding, model metadata and summary with its last. Ray's
+    own per-result keys (trial id, host, pid, date) are left out: ``node/*`` has them.
     """
 
-    AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, *WANDB_CONFIG_KEYS]
+    AUTO_CONFIG_KEYS: list[str] = []
     _logger_actor_cls = _LoggingActor
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, sweep: LoadedSweep, *args, **kwargs):
+        ray_keys = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, "seed", TUNE_REPLICATE]
+        super().__init__(*args, excludes=ray_keys, **kwargs)
+        self._sweep = sweep
         self._ended: set[str] = set()  # trials that completed or failed in this run
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -107,7 +134,23 @@ class ProvenanceWandbCallback(WandbLoggerCallback):
             self._remote_logger_class = ray.remote(
                 num_cpus=0, **_force_on_current_node(), max_restarts=-1, max_task_retries=-1
             )(self._logger_actor_cls)
+        wandb_init_kwargs["config"] = self._trial_config(trial)
+        wandb_init_kwargs["group"] = point_group(self.group, trial.config)
         super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+
+    def _trial_config(self, trial) -> dict:
+        """The trial's configs in the W&B layout, with its id, replicate and sweep."""
+        from trainables.ray_trainable import trial_configs
+
+        base_train, base_data = config_to_dict(self._sweep.train), config_to_dict(self._sweep.data)
+        train, data, replicate = trial_configs(trial.config, base_train, base_data)
+        configs = RunConfigs(config_to_dict(train), config_to_dict(data))
+        return {
+            **wandb_config(configs),
+            "trial/id": trial.trial_id,
+            "trial/replicate": replicate,
+            "sweep/name": self._sweep.spec.name,
+        }
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         """Note that the trial ended (completed or failed), then end its run as Tune does."""
@@ -122,51 +165,91 @@ class ProvenanceWandbCallback(WandbLoggerCallback):
             self._trial_queues[trial] = _PipelinedQueue(queue)
 
 
+def driver_git_dirty() -> bool | None:
+    """Whether the code the driver runs has uncommitted changes (None: not in git)."""
+    from trainables.provenance import get_environment_info
+
+    return get_environment_info()["git"]["is_dirty"]
+
+
 def wandb_callback(sweep: LoadedSweep, folder: Path) -> ProvenanceWandbCallback:
-    """Build the callback for a sweep: project, group and tags from the spec, a stable ``dir``.
+    """Build the callback for a sweep: project, groups and tags from the spec, a stable ``dir``.
 
     Runs land in ``<folder>/wandb/``.
 
     A resumed trial logs to the same W&B run id (``resume="allow"``): online it continues the
     run; offline it writes a second local run folder with that id, which ``wandb sync`` merges.
     The API key, if any, is read from the environment by W&B and never enters a config.
+
+    Args:
+        sweep: The sweep: its W&B spec, name and base configs.
+        folder: Where W&B writes its run folders.
     """
-    spec = sweep.spec.wandb
+    runs = sweep.spec.wandb_runs()
     folder.mkdir(parents=True, exist_ok=True)
     return ProvenanceWandbCallback(
-        project=spec.project,
-        group=spec.group or sweep.spec.name,
-        tags=list(spec.tags),
-        mode=spec.mode,
-        dir=str(folder),  # stable: Ray may sync the trial folder before W&B finishes
+        sweep,
+        project=runs.project,
+        group=runs.group,
+        tags=tags(sweep.spec.wandb.tags, driver_git_dirty()),
+        mode=runs.mode,
+        job_type="trial",
+        dir=str(folder.resolve()),  # stable: Ray may sync the trial folder before W&B ends
         resume="allow",
         upload_checkpoints=False,
         settings=_SETTINGS,
     )
 
 
-def log_report(sweep: LoadedSweep, folder: Path, summary: Summary, images: dict[str, Path]) -> None:
-    """Log the sweep's pictures and the best trials' integration scores as one W&B run.
+def log_report(
+    sweep: LoadedSweep,
+    folder: Path,
+    summary: Summary,
+    images: dict[str, Path],
+    verification: Verification | None,
+) -> None:
+    """Log the sweep's pictures, best trials' scores and verification verdict as one W&B run.
 
-    The run joins the sweep's group (``job_type="report"``), offline unless online is asked
+    The run goes to the sweep's group (``job_type="report"``), offline unless online is asked
     for, and writes beside the trials' runs.
     """
-    spec = sweep.spec.wandb
-    if spec.mode == "offline":
+    runs = sweep.spec.wandb_runs()
+    if runs.mode == "offline":
         os.environ["WANDB_MODE"] = "offline"
     run = wandb.init(
-        project=spec.project,
-        group=spec.group or sweep.spec.name,
+        project=runs.project,
+        group=runs.group,
         job_type="report",
         name=f"{sweep.spec.name}-report",
-        tags=list(spec.tags),
-        mode=spec.mode,
-        dir=str(folder),
-        config={"best_trial": summary.best_trial, "metric": summary.metric},
+        tags=tags(sweep.spec.wandb.tags, driver_git_dirty()),
+        mode=runs.mode,
+        dir=str(folder.resolve()),  # W&B's service process has a folder of its own
+        config={
+            "sweep/name": sweep.spec.name,
+            "best_trial": summary.best_trial,
+            "metric": summary.metric,
+        },
         reinit="create_new",
         settings=_SETTINGS,
     )
     run.log({name: wandb.Image(str(path)) for name, path in images.items()})
     baseline = (summary.outputs.baseline_pca if summary.outputs else None) or {}
     run.summary.update({f"baseline_pca/{k}": v for k, v in baseline.items()})
+    if summary.best_trial is not None:
+        best = summary.trial(summary.best_trial)
+        run.summary.update({f"best/{k}": v for k, v in best.metrics.items()})
+    if verification is not None:
+        run.summary.update(verification_summary(verification))
     run.finish()
+
+
+def verification_summary(verification: Verification) -> dict:
+    """The verdict of a sweep's verification, flat: for the report run's summary."""
+    flat = {
+        "verification/verdict": verification.verdict,
+        "verification/exit_code": verification.exit_code,
+        "verification/seal_intact": verification.seal.intact,
+        "verification/seal_sha256": verification.seal.sha256,
+    }
+    flat |= {f"verification/groups/{status}": n for status, n in verification.counts.items()}
+    return flat

@@ -78,27 +78,6 @@ def test_empty_key_is_rejected():
         parse_overrides(["=3"])
 
 
-def test_wandb_offline_run_has_the_provenance_keys(tmp_path, cache_env, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    assert train_main([*TINY, "--wandb", "offline", "--out", str(tmp_path)]) == 0
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    # Offline runs keep their config inside the run's protobuf log.
-    config = next(runs[0].glob("run-*.wandb")).read_bytes().decode("utf-8", "replace")
-    for key in (
-        "git/commit",
-        "system/torch_version",
-        "packages/torch",
-        "model/z_i_dim",
-        "optimizer/learning_rate",
-        "train_seed",
-        "data_n_top_genes",
-        "seeding/deterministic",
-    ):
-        assert key in config
-
-
 def test_wandb_keeps_no_user_or_token_of_a_git_remote(tmp_path, cache_env, monkeypatch):
     import git
 

@@ -12,6 +12,7 @@ from sweeper.driver import run_sweep
 from sweeper.options import DriverOptions, apply_options
 from sweeper.spec import SweepError, load_sweep
 from sweeper.storage import SweepFolder, nodes_missing
+from trainables.constants import WANDB_CONFIG
 
 pytestmark = pytest.mark.ray
 
@@ -46,7 +47,9 @@ def records(folder, summary):
 
 def test_sweep_through_address_runs_on_several_nodes(cluster, tmp_path):
     head, _ = cluster
-    summary = run_sweep(smoke(tmp_path, "multi"), DriverOptions(gpus=0, address=head.address))
+    summary = run_sweep(
+        smoke(tmp_path, "multi"), DriverOptions(gpus=0, address=head.address)
+    ).summary
     assert summary.n_completed == 4
     runs = records(tmp_path / "multi", summary)
     assert len({r["trial"]["node"]["node_id"] for r in runs}) > 1
@@ -80,8 +83,9 @@ class LoseWorkerNode(tune.Callback):
         return {"nodes": self.nodes, "removed": self.removed}
 
     def on_trial_result(self, iteration, trials, trial, result):
-        if "node" in result:
-            self.nodes[trial.trial_id] = result["node"]["node_id"]
+        first = result.get(WANDB_CONFIG) or {}  # a trial's first result says where it runs
+        if "node/node_id" in first:
+            self.nodes[trial.trial_id] = first["node/node_id"]
         by_id = {w.node_id: w for w in self.workers}
         node = self.nodes.get(trial.trial_id)
         if self.removed is None and result["training_iteration"] == 3 and node in by_id:
@@ -93,7 +97,7 @@ def test_lost_worker_node_trials_resume_elsewhere_with_same_fingerprints(cluster
     head, workers = cluster
     sweep = smoke(tmp_path, "lose", seeds=[5], replicates=3, **{"train.n_epochs": 6})
     loser = LoseWorkerNode(head, workers)
-    summary = run_sweep(sweep, DriverOptions(gpus=0, address=head.address), [loser])
+    summary = run_sweep(sweep, DriverOptions(gpus=0, address=head.address), [loser]).summary
     assert loser.removed is not None
     assert summary.n_completed == 3
     assert any(t.restored for t in summary.trials)

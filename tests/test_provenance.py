@@ -20,6 +20,7 @@ SECTION_KEYS = {
         "processor",
         "hostname",
         "torch_version",
+        "pytorch_version",
         "cuda_available",
         "cuda_version",
         "cudnn_version",
@@ -88,7 +89,9 @@ def test_packages_are_every_installed_distribution(outside):
     installed = {
         d.metadata["Name"].lower().replace("_", "-") for d in importlib.metadata.distributions()
     }
-    assert len(packages) == len({n.replace(".", "-") for n in installed})
+    installed = {n.replace(".", "-") for n in installed} | {"pytorch"}  # torch's, again
+    assert set(packages) == installed
+    assert packages["pytorch"] == packages["torch"]
     assert list(packages) == sorted(packages)
 
 

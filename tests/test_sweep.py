@@ -16,8 +16,11 @@ from sweeper.options import DriverOptions, apply_options
 from sweeper.results import load_summary
 from sweeper.spec import load_sweep
 from sweeper.verify.seal import SEAL_FILE, parse_manifest
+from tests.wandb_records import check_layout, offline_runs
+from trainables.constants import WANDB_CONFIG
 from trainables.data import prepare_data
 from trainables.train import train
+from trainables.wandb_run import DIRTY_TAG
 
 pytestmark = pytest.mark.ray
 
@@ -39,7 +42,7 @@ def run_records(folder, summary):
 
 def test_smoke_sweep_replicates_identical_seeds_differ(ray_session, tmp_path):
     sweep = smoke_sweep(tmp_path, "smoke", **{"outputs.best_n": 1})
-    summary = run_sweep(sweep, DriverOptions(gpus=0))
+    summary = run_sweep(sweep, DriverOptions(gpus=0)).summary
     folder = tmp_path / "smoke"
 
     trials = summary.trials
@@ -133,21 +136,39 @@ def test_wandb_queue_keeps_every_result_in_order_without_waiting_for_them(ray_se
     assert queue.empty()
 
 
-def test_every_trial_has_an_offline_wandb_run_with_provenance(ray_session, tmp_path):
-    summary = run_sweep(smoke_sweep(tmp_path, "wb", replicates=1), DriverOptions(gpus=0))
-    runs = {p.name.rsplit("-", 1)[-1]: p for p in (tmp_path / "wb" / "wandb").glob("offline-run-*")}
-    trial_ids = [t.trial_id for t in summary.trials]
-    assert len(runs) == len(trial_ids) + 1  # one run per trial, plus the sweep's report run
-    for run in (runs[trial_id] for trial_id in trial_ids):
-        log = next(run.glob("run-*.wandb")).read_bytes().decode("utf-8", "replace")
-        for key in ("git/commit", "system/torch_version", "packages/torch", "node/hostname"):
-            assert key in log
-        assert "WANDB_API_KEY" not in log
+def test_every_trial_has_a_complete_offline_wandb_run_in_the_one_layout(ray_session, tmp_path):
+    sweep = smoke_sweep(tmp_path, "wb", **{"wandb.tags": ["smoke-test"]})
+    outcome = run_sweep(sweep, DriverOptions(gpus=0))
+    summary, folder = outcome.summary, tmp_path / "wb"
+    runs = offline_runs(folder / "wandb")
+    records = run_records(folder, summary)
+    assert set(runs) == {*records, *(r for r in runs if runs[r].job_type == "report")}
+    assert len(runs) == len(records) + 1  # one run per trial, plus the sweep's report run
+    dirty = records[summary.trials[0].trial_id]["environment"]["git"]["is_dirty"]
+    groups = {}
+    for trial in summary.trials:
+        run, record = runs[trial.trial_id], records[trial.trial_id]
+        check_layout(run, record)
+        assert run.summary["run_json"] == str(folder / trial.run_json)
+        assert run.job_type == "trial" and run.config["trial/replicate"] == trial.replicate
+        assert run.config["node/hostname"] and run.config["sweep/name"] == "wb"
+        assert run.tags == ["smoke-test", *([DIRTY_TAG] if dirty else [])]
+        assert not {"seed", "replicate", "config", "trial_id"} & {k for r in run.history for k in r}
+        groups.setdefault(run.group, set()).add((trial.seed, trial.replicate))
+    # replicates of a seed share a group: W&B shows them side by side
+    assert groups == {
+        "wb/seed=0": {(0, 0), (0, 1)},
+        "wb/seed=1": {(1, 0), (1, 1)},
+    }
+    (report,) = (r for r in runs.values() if r.job_type == "report")
+    assert report.group == "wb" and report.summary["verification/verdict"] == "PASS"
+    assert report.summary["verification/groups/identical"] == 2
+    assert outcome.verification.verdict == "PASS"
 
 
 def test_fake_gpus_spread_trials_over_gpus_and_train_on_cpu(ray_session, tmp_path):
     sweep = smoke_sweep(tmp_path, "gpus", **{"resources.trials_per_gpu": 2})
-    summary = run_sweep(sweep, DriverOptions(gpus=4))
+    summary = run_sweep(sweep, DriverOptions(gpus=4)).summary
     records = run_records(tmp_path / "gpus", summary)
     gpu_ids = [r["trial"]["node"]["gpu_ids"] for r in records.values()]
     # 2 CPUs: 2 concurrent trials, so each gets a whole GPU rather than sharing GPU 0
@@ -168,8 +189,9 @@ class KillReplicateZerosProcessOnce(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result):
         if trial.config["replicate"] != 0:
             return
-        if isinstance(result.get("node"), dict):  # in a trial's first result
-            self.pid = result["node"]["pid"]
+        first = result.get(WANDB_CONFIG) or {}  # a trial's first result says where it runs
+        if "node/pid" in first:
+            self.pid = first["node/pid"]
         if not self.killed and result["training_iteration"] == 3:
             self.killed = True
             os.kill(self.pid, signal.SIGKILL)
@@ -184,7 +206,7 @@ def test_killed_training_process_resumes_from_checkpoint_and_ends_bit_for_bit(
         overrides.update({"train.n_epochs": 40, "resources.one_process_per_gpu": True})
     sweep = smoke_sweep(tmp_path, "kill", **{"resources.trials_per_gpu": 2, **overrides})
     killer = KillReplicateZerosProcessOnce()
-    summary = run_sweep(sweep, DriverOptions(gpus=1), extra_callbacks=[killer])
+    summary = run_sweep(sweep, DriverOptions(gpus=1), extra_callbacks=[killer]).summary
     assert killer.killed
     first, second = sorted(summary.trials, key=lambda t: t.replicate)
     assert first.status == second.status == "completed"
@@ -202,7 +224,7 @@ def test_a_trial_that_keeps_failing_is_errored_with_its_reason(ray_session, tmp_
         max_failures=1,
         **{"train.grad_clip": None},
     )
-    summary = run_sweep(sweep, DriverOptions(gpus=0))
+    summary = run_sweep(sweep, DriverOptions(gpus=0)).summary
     by_rate = {t.params["learning_rate"]: t for t in summary.trials}
     assert by_rate[1.0e-3].status == "completed"
     bad = by_rate[1.0e12]
@@ -221,7 +243,7 @@ def shared_process_sweep(tmp_path, name, **overrides):
 
 def test_one_process_per_gpu_trains_side_by_side_with_the_bits_of_a_lone_run(ray_session, tmp_path):
     sweep = shared_process_sweep(tmp_path, "shared")
-    summary = run_sweep(sweep, DriverOptions(gpus=2))
+    summary = run_sweep(sweep, DriverOptions(gpus=2)).summary
     assert summary.n_completed == 4
     records = run_records(tmp_path / "shared", summary)
     pids = [r["trial"]["node"]["pid"] for r in records.values()]
@@ -238,7 +260,7 @@ def test_storage_given_as_a_uri_goes_through_pyarrow(ray_session, tmp_path, monk
     monkeypatch.chdir(tmp_path)  # W&B runs of URI-stored sweeps go to ./runs/<name>
     sweep = load_sweep(SMOKE, {"outputs.best_n": 0, "replicates": 1, "seeds": [0]})
     sweep = apply_options(sweep, DriverOptions(name="uri", storage=f"file://{tmp_path}/store"))
-    summary = run_sweep(sweep, DriverOptions(gpus=0))
+    summary = run_sweep(sweep, DriverOptions(gpus=0)).summary
     folder = tmp_path / "store" / "uri"
     assert summary.n_completed == 1
     assert json.loads((folder / "summary.json").read_text())["n_completed"] == 1

@@ -1,15 +1,22 @@
 """What one inVAE trial runs, usable without Ray: config, seeding, data, model, training loop.
 
-``set_seed`` and ``get_environment_info`` are imported on first use, so that reading results
-(``trainables.files``, ``trainables.run_record``) does not load torch.
+``load_train_config``, ``load_data_config``, ``set_seed`` and ``get_environment_info`` are
+imported on first use, so that reading results (``trainables.files``,
+``trainables.run_record``) does not load torch. Training: ``trainables.train.train`` and
+``trainables.train.main``.
 """
 
 from importlib import import_module
 from typing import Any
 
-_LAZY = {"set_seed": "trainables.seeding", "get_environment_info": "trainables.provenance"}
+_LAZY = {
+    "load_train_config": "trainables.config",
+    "load_data_config": "trainables.config",
+    "set_seed": "trainables.seeding",
+    "get_environment_info": "trainables.provenance",
+}
 
-__all__ = ["get_environment_info", "set_seed"]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

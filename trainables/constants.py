@@ -35,7 +35,8 @@ RUN_SCHEMA_VERSION = 1
 TUNE_TRAIN = "train"
 TUNE_DATA = "data"
 TUNE_REPLICATE = "replicate"
-# Result keys that W&B files under the run's config, not its history; a trial sends them with
-# its first result: its full configs and its provenance (the node it runs on).
-RUN_CONFIG = "run_config"
-WANDB_CONFIG_KEYS: tuple[str, ...] = (RUN_CONFIG, "git", "system", "packages", "node")
+# Result keys a trial sends for its W&B run (``trainables.wandb_run``'s layout): its config
+# (with the first result, and whole with the last) and its summary (with the last). The W&B
+# callback files them under the run's config and summary, not its history.
+WANDB_CONFIG = "wandb_config"
+WANDB_SUMMARY = "wandb_summary"

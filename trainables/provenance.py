@@ -48,8 +48,9 @@ def get_environment_info(repo_path: str | Path | None = None) -> dict[str, Any]:
           cannot be determined: outside a repository, without a git binary, before the first
           commit.
         - ``system``: ``python_version``, ``platform``, ``processor``, ``hostname``,
-          ``torch_version``, ``cuda_available``, ``cuda_version`` and ``cudnn_version`` (those
-          torch was built with; None for a CPU build), ``gpu_count``, ``gpu_names``,
+          ``torch_version`` (and ``pytorch_version``, the same), ``cuda_available``,
+          ``cuda_version`` and ``cudnn_version`` (those torch was built with; None for a CPU
+          build), ``gpu_count``, ``gpu_names``,
           ``gpu_memory`` (total memory per device, in bytes), ``gpu_sm_counts`` (streaming
           multiprocessors per device), ``gpu_capabilities`` (``"9.0"``), ``nvidia_driver``
           (the kernel driver's version, ``"580.159.04"``), ``cublas_version`` (of the cuBLAS
@@ -57,7 +58,8 @@ def get_environment_info(repo_path: str | Path | None = None) -> dict[str, Any]:
           instruction set torch's CPU kernels use: ``"AVX512"``, ``"AVX2"``, ...),
           ``cpu_count`` (logical CPUs of the machine) and ``torch_num_threads``.
         - ``packages``: every installed distribution and its version, as ``pip freeze``
-          lists them, by normalized name (``"torch"``, ``"pyyaml"``, ``"scikit-learn"``).
+          lists them, by normalized name (``"torch"``, ``"pyyaml"``, ``"scikit-learn"``);
+          torch's also as ``"pytorch"``.
 
     Note:
         With a GPU present this initializes CUDA in the calling process (not cuBLAS): call
@@ -134,6 +136,7 @@ def _system_info() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),  # "" on many Linux systems
         "hostname": socket.gethostname(),
         "torch_version": str(torch.__version__),
+        "pytorch_version": str(torch.__version__),
         "cuda_available": cuda_available,
         "cuda_version": torch.version.cuda,
         "cudnn_version": _try(_cudnn_version),
@@ -220,12 +223,17 @@ def _triton_version() -> str | None:
 
 
 def _package_versions() -> dict[str, str]:
-    """Every installed distribution's version by normalized name (PEP 503), sorted."""
+    """Every installed distribution's version by normalized name (PEP 503), sorted.
+
+    torch's version is also filed as ``pytorch``, the name W&B layouts (and conda) use.
+    """
     versions = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
         if name:
             versions.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
+    if "torch" in versions:
+        versions.setdefault("pytorch", versions["torch"])
     return dict(sorted(versions.items()))
 
 

@@ -13,6 +13,7 @@ import socket
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +25,41 @@ from trainables.config import DataConfig, TrainConfig
 from trainables.constants import (
     CHECKPOINT_FILE,
     MODEL_FILE,
-    RUN_CONFIG,
     RUN_FILE,
     TUNE_DATA,
     TUNE_REPLICATE,
     TUNE_TRAIN,
+    WANDB_CONFIG,
+    WANDB_SUMMARY,
 )
 from trainables.files import atomic_torch_save, load_torch, storage_filesystem
 from trainables.host import TrainingHost
 from trainables.prepared import PreparedData
 from trainables.provenance import get_environment_info
-from trainables.run_record import RunRecord, RunResult, TrialInfo, write_run
-from trainables.schema import config_from_dict, config_to_dict, flatten_dict, parse_record
+from trainables.run_record import (
+    Environment,
+    RunConfigs,
+    RunRecord,
+    RunResult,
+    TrialInfo,
+    run_record,
+    write_run,
+)
+from trainables.schema import (
+    config_from_dict,
+    config_to_dict,
+    flatten_dict,
+    parse_record,
+    record_from_dict,
+)
 from trainables.train import Report, train
+from trainables.wandb_run import (
+    SweepRuns,
+    metadata_config,
+    record_identity,
+    record_wandb_config,
+    wandb_config,
+)
 
 HOST_WAIT_S = 5.0
 """How long a trial waits for a free slot on a training host before it takes one beyond."""
@@ -155,8 +178,12 @@ def tune_trainable(
     checkpoint_every: int = 0,
     storage: str | None = None,
     hosts: list[Any] | None = None,
+    wandb: SweepRuns | None = None,
 ) -> None:
     """Run one trial: train, report every epoch, checkpoint, write run.json + model.pt.
+
+    The last epoch's result is reported after ``run.json`` is written: with W&B on, it
+    carries the run's whole W&B config and its summary (``trainables.wandb_run``).
 
     Args:
         config: The trial config: its ``train`` and ``data`` values, its ``replicate``.
@@ -167,12 +194,29 @@ def tune_trainable(
         checkpoint_every: Report a resumable checkpoint every this many epochs (0: never).
         storage: The sweep folder (path or URI), where an earlier attempt's run.json would be.
         hosts: ``RayTrainingHost`` actors, one per GPU, to train on (None: train here).
+        wandb: The sweep's W&B runs (None: W&B is off); ``run.json`` records the trial's.
     """
     train_cfg, data_cfg, replicate = trial_configs(config, base_train, base_data)
     tags = {"seed": train_cfg.seed, TUNE_REPLICATE: replicate}
+    trial_id = tune.get_context().get_trial_id()
+    run_json = posixpath.join(storage or str(Path.cwd().parent), Path.cwd().name, RUN_FILE)
+
+    def last_keys(record: RunRecord, whole: bool = False) -> dict[str, Any]:
+        """The W&B keys of the last result: what the run's config and summary still lack.
+
+        Kept small (the last result is in Tune's state and tables); ``whole``: the whole
+        config, for a run whose first result this attempt did not send.
+        """
+        if wandb is None:
+            return {}
+        config = (
+            record_wandb_config(record) if whole else metadata_config(record.seeding, record.model)
+        )
+        return {WANDB_CONFIG: config, WANDB_SUMMARY: record_identity(record, run_json)}
+
     finished = earlier_record(storage)
     if finished is not None:  # done before the driver died: report it, don't train again
-        tune.report({**finished.final_result(), **tags})
+        tune.report({**finished.final_result(), **tags, **last_keys(finished, whole=True)})
         return
     checkpoint = tune.get_checkpoint()
     resume = None
@@ -185,18 +229,20 @@ def tune_trainable(
         node, environment = ray.get(host.where.remote())
     else:
         node, environment = node_info(), get_environment_info()
-    run_config = {"train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg)}
-    first = {RUN_CONFIG: run_config, "node": node, **environment}  # W&B config
+    first = {}  # the W&B config known before training: configs, environment, node
+    if wandb is not None:
+        configs = RunConfigs(config_to_dict(train_cfg), config_to_dict(data_cfg))
+        env = record_from_dict(Environment, environment)
+        first[WANDB_CONFIG] = wandb_config(configs, env, node=node)
+    held: list[tuple[dict[str, Any], dict[str, Any] | None]] = []  # the last epoch's result
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         row = {**metrics, **tags, **first}
         first.clear()
-        if state is None:
-            tune.report(row)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            atomic_torch_save(state, Path(folder) / CHECKPOINT_FILE)
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
+        if int(metrics["epoch"]) == train_cfg.n_epochs:  # sent once run.json is written
+            held.append((row, state))
+        else:
+            send(row, state)
 
     if host:
         result = relay(host, key, report)
@@ -208,5 +254,19 @@ def tune_trainable(
             checkpoint_every=checkpoint_every,
             resume=resume,
         )
-    trial = TrialInfo(tune.get_context().get_trial_id(), replicate, node)
+    if wandb is not None:
+        result = replace(result, wandb=wandb.trial_run(trial_id, config))
+    trial = TrialInfo(trial_id, replicate, node)
     write_run(result, Path.cwd(), data_cfg, trial)
+    for row, state in held:
+        send({**row, **last_keys(run_record(result, data_cfg, trial))}, state)
+
+
+def send(row: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """Report a result to Tune, with a resumable checkpoint when ``state`` is given."""
+    if state is None:
+        tune.report(row)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        atomic_torch_save(state, Path(folder) / CHECKPOINT_FILE)
+        tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -20,7 +20,6 @@ from trainables.schema import (
     ConfigError,
     config_from_dict,
     config_to_dict,
-    flatten_dict,
     read_record,
     record_from_dict,
 )
@@ -71,6 +70,20 @@ class Fingerprint:
         return Digests(self.weights, self.optimizer, self.metrics)
 
 
+@dataclass(frozen=True)
+class WandbRun:
+    """The W&B run a training logged to: find it with ``wandb.Api().run(f"{project}/{run_id}")``.
+
+    Attributes:
+        mode: ``offline`` (the run is on disk until ``wandb sync``) or ``online``.
+    """
+
+    project: str
+    run_id: str
+    group: str | None
+    mode: str
+
+
 @dataclass
 class RunResult:
     """Everything a finished run produced (``train()``), ready for ``run.json`` + ``model.pt``."""
@@ -86,6 +99,7 @@ class RunResult:
     optimizer_states: list[dict[str, Any]]  # on the CPU, [Muon per matrix..., AdamW]
     timing: dict[str, float]
     integration: dict[str, float]  # of z_i on the validation cells, after the last epoch
+    wandb: WandbRun | None = None  # the W&B run it logged to, if any
 
 
 @dataclass(frozen=True)
@@ -146,6 +160,7 @@ class SystemInfo:
     processor: str | None = None
     hostname: str | None = None
     torch_version: str | None = None
+    pytorch_version: str | None = None  # the same, under the name W&B layouts use
     cuda_available: bool | None = None
     cuda_version: str | None = None
     cudnn_version: int | None = None
@@ -188,6 +203,7 @@ class RunRecord:
         history: One row per epoch, keyed by ``METRIC_KEYS`` (``epoch`` an integer).
         integration: Scores of ``z_i`` on the validation cells after the last epoch, if any.
         trial: Set for runs of a sweep.
+        wandb: The W&B run it logged to, if any.
     """
 
     FILE_NAME = RUN_FILE
@@ -204,6 +220,7 @@ class RunRecord:
     integration: dict[str, float] | None = None
     timing: dict[str, Any] = field(default_factory=dict)
     trial: TrialInfo | None = None
+    wandb: WandbRun | None = None
 
     def __post_init__(self):
         for i, row in enumerate(self.history):
@@ -255,6 +272,7 @@ def run_record(
             "integration": result.integration,
             "timing": result.timing,
             "trial": None if trial is None else config_to_dict(trial),
+            "wandb": None if result.wandb is None else config_to_dict(result.wandb),
         },
     )
 
@@ -300,26 +318,3 @@ def load_model_file(run_dir: str | Path) -> dict[str, Any]:
         ResultFileError: The file is missing or corrupt (the message names it).
     """
     return load_torch(Path(run_dir) / MODEL_FILE)
-
-
-def flat_run_config(record: dict[str, Any]) -> dict[str, Any]:
-    """Flatten a run record's JSON (or one holding only ``config`` and ``environment``).
-
-    Layout: ``data_*`` (data config), ``train_*`` (schedule, seed, determinism), ``model/*``
-    (architecture and parameter counts), ``optimizer/*``, ``seeding/*``, ``git/*``,
-    ``system/*`` and ``packages/*``.
-    """
-    train = dict(record["config"]["train"])
-    model, optimizer = train.pop("model"), train.pop("optimizer")
-    optimizer["learning_rate"] = train.pop("learning_rate")
-    flat = {f"data_{k}": v for k, v in flatten_dict(record["config"]["data"] or {}, "_").items()}
-    flat |= {f"train_{k}": v for k, v in train.items()}
-    flat |= {f"model/{k}": v for k, v in model.items()}
-    flat |= {
-        f"model/{k}": v for k, v in record.get("model", {}).items() if k.startswith("n_params")
-    }
-    flat |= {f"optimizer/{k}": v for k, v in optimizer.items()}
-    flat |= {f"seeding/{k}": v for k, v in record.get("seeding", {}).items()}
-    for section in ("git", "system", "packages"):
-        flat |= {f"{section}/{k}": v for k, v in record["environment"][section].items()}
-    return flat

@@ -1,4 +1,7 @@
-"""One inVAE training run: ``train(cfg, data, report=...) -> RunResult``. No Ray, no W&B.
+"""One inVAE training run: ``train(cfg, data, report=...) -> RunResult``. No Ray.
+
+W&B is imported only when a run asks to log (``use_wandb=True``, through
+``trainables.wandb_run``). ``main()`` trains once with the default config files.
 
 The whole dataset lives on the training device for the whole run; minibatches are gathered
 from a permutation drawn by a seeded ``torch.Generator``, so no randomness is unseeded. A run
@@ -11,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -27,6 +30,9 @@ from trainables.provenance import get_environment_info
 from trainables.run_record import RunResult
 from trainables.seeding import set_seed, torch_generator
 from trainables.step import N_TRAIN_SUMS, EagerStep, kl_weight, make_step
+
+if TYPE_CHECKING:
+    from trainables.wandb_run import WandbSettings
 
 # report(metrics) every epoch; report(metrics, state) on checkpoint epochs.
 Report = Callable[..., None]
@@ -71,6 +77,8 @@ def train(
     *,
     checkpoint_every: int = 0,
     resume: dict[str, Any] | None = None,
+    use_wandb: bool = False,
+    wandb: WandbSettings | None = None,
 ) -> RunResult:
     """Train one inVAE model.
 
@@ -82,13 +90,24 @@ def train(
         checkpoint_every: Pass a state every this many epochs (0: never).
         resume: A state from an earlier ``report`` call: training continues after its epoch
             and ends bit-for-bit where an uninterrupted run would.
+        use_wandb: Log the run to W&B directly (the layout of ``trainables.wandb_run``),
+            offline into ``./wandb`` unless ``wandb`` says otherwise. Logging does not change
+            the run's bits.
+        wandb: Mode, project, group, tags and folder of the W&B run (implies ``use_wandb``).
 
     Returns:
-        The run's result, including its fingerprint.
+        The run's result, including its fingerprint (and its W&B run, when it logged).
 
     Raises:
         NonFiniteLossError: A loss became NaN or infinite.
     """
+    if use_wandb or wandb is not None:
+        from trainables.wandb_run import WandbSettings, train_logged
+
+        settings = wandb or WandbSettings()
+        if settings.mode != "off":
+            resumable = {"checkpoint_every": checkpoint_every, "resume": resume}
+            return train_logged(train_cfg, data, settings, report, **resumable)
     started = time.perf_counter(), time.time()
     if isinstance(data, PreparedData):
         prepared = data
@@ -101,6 +120,26 @@ def train(
         return _train(
             train_cfg, prepared, device, streams, report, checkpoint_every, resume, started
         )
+
+
+def main(use_wandb: bool = False) -> RunResult:
+    """Train once with the default configs: seed 42, deterministic, simulated data.
+
+    The defaults are those of ``configs/train_config.yaml`` and ``configs/data_config.yaml``
+    (500 epochs on the pancreas-shape simulated data: for a GPU).
+
+    Args:
+        use_wandb: Also log to W&B, offline into ``./wandb``.
+
+    Returns:
+        The run's result (write it with ``trainables.run_record.write_run``).
+    """
+    from trainables import config
+
+    train_cfg, data_cfg = config.load_train_config(), config.load_data_config()
+    result = train(train_cfg, data_cfg, use_wandb=use_wandb)
+    print(f"seed {train_cfg.seed}: weights sha256 {result.fingerprint.weights}")
+    return result
 
 
 def _train(
@@ -302,3 +341,7 @@ def _to_cpu(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(_to_cpu(v) for v in value)
     return value
+
+
+if __name__ == "__main__":
+    main()

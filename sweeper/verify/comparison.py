@@ -33,6 +33,8 @@ KERNEL_FIELDS = {
     "cpu": ("device", "torch", "cpu_capability", "cpu_threads", "git_commit", "data"),
     "cuda": ("device", "torch", "triton", *GPU_FIELDS, "git_commit", "data"),
 }
+KERNEL_PACKAGES = ("torch", "pytorch", "triton")
+"""Distributions whose versions are kernel fields (``torch``, ``triton``), not package rows."""
 SHOWN_FIELDS = ("hostname", "node_id", "processor", "python", "numpy")
 """Fields shown beside the kernel fields: they explain, but do not decide, a difference."""
 
@@ -99,7 +101,7 @@ def environment_difference(a: RunRecord, b: RunRecord) -> tuple[EnvironmentDiffe
             rows.append(EnvironmentDifference(f"git/{field}", _pair(git_a, git_b, field), False))
     packages_a, packages_b = a.environment.packages, b.environment.packages
     for name in sorted(set(packages_a) | set(packages_b)):
-        if packages_a.get(name) != packages_b.get(name) and name not in ("torch", "triton"):
+        if packages_a.get(name) != packages_b.get(name) and name not in KERNEL_PACKAGES:
             pair = (packages_a.get(name), packages_b.get(name))
             rows.append(EnvironmentDifference(f"packages/{name}", pair, False))
     return tuple(rows)

@@ -12,6 +12,8 @@ from typing import Any
 
 from sweeper.document import Image, Table, Text, render
 from sweeper.report import params_text
+from sweeper.storage import SweepFolder
+from sweeper.verify.analysis import verification_path, verify_sweep, write_verification
 from sweeper.verify.records import (
     ALTERED,
     DIVERGED,
@@ -280,3 +282,25 @@ def _or_none(value: Any) -> Any:
 
 def _sci(value: float) -> str:
     return "0" if value == 0 else f"{value:.3e}"
+
+
+def publish_verification(folder: SweepFolder) -> tuple[Verification, str]:
+    """Verify a sweep folder and write the verification JSON, markdown and HTML report into it.
+
+    A remote folder is verified through a local copy.
+
+    Returns:
+        The verification and the HTML report's location.
+
+    Raises:
+        ResultFileError: ``summary.json`` is missing or not a sweep summary (named).
+    """
+    local = folder.download()
+    verification = verify_sweep(local)
+    write_verification(verification, verification_path(local))
+    _, html = write_verification_report(verification, local)
+    if folder.local is not None:
+        return verification, str(html)
+    for path in sorted(local.glob("verification*")):
+        folder.write_bytes(path.name, path.read_bytes())
+    return verification, f"{folder}/{html.name}"
