@@ -103,6 +103,7 @@ class ProvenanceWandbCallback(WandbLoggerCallback):
         ray_keys = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, "seed", TUNE_REPLICATE]
         super().__init__(*args, excludes=ray_keys, **kwargs)
         self._sweep = sweep
+        self._base = config_to_dict(sweep.train), config_to_dict(sweep.data)  # trials' bases
         self._ended: set[str] = set()  # trials that completed or failed in this run
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -142,8 +143,7 @@ class ProvenanceWandbCallback(WandbLoggerCallback):
         """The trial's configs in the W&B layout, with its id, replicate and sweep."""
         from trainables.ray_trainable import trial_configs
 
-        base_train, base_data = config_to_dict(self._sweep.train), config_to_dict(self._sweep.data)
-        train, data, replicate = trial_configs(trial.config, base_train, base_data)
+        train, data, replicate = trial_configs(trial.config, *self._base)
         configs = RunConfigs(config_to_dict(train), config_to_dict(data))
         return {
             **wandb_config(configs),
@@ -167,9 +167,9 @@ class ProvenanceWandbCallback(WandbLoggerCallback):
 
 def driver_git_dirty() -> bool | None:
     """Whether the code the driver runs has uncommitted changes (None: not in git)."""
-    from trainables.provenance import get_environment_info
+    from trainables.provenance import git_info
 
-    return get_environment_info()["git"]["is_dirty"]
+    return git_info()["is_dirty"]
 
 
 def wandb_callback(sweep: LoadedSweep, folder: Path) -> ProvenanceWandbCallback:
@@ -206,7 +206,7 @@ def log_report(
     folder: Path,
     summary: Summary,
     images: dict[str, Path],
-    verification: Verification | None,
+    verification: Verification,
 ) -> None:
     """Log the sweep's pictures, best trials' scores and verification verdict as one W&B run.
 
@@ -238,8 +238,7 @@ def log_report(
     if summary.best_trial is not None:
         best = summary.trial(summary.best_trial)
         run.summary.update({f"best/{k}": v for k, v in best.metrics.items()})
-    if verification is not None:
-        run.summary.update(verification_summary(verification))
+    run.summary.update(verification_summary(verification))
     run.finish()
 
 

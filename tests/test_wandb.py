@@ -36,7 +36,8 @@ def test_readme_python_api_trains_logs_offline_and_records_the_run(offline):
     result = train(train_cfg, data_cfg, use_wandb=True)  # as the README writes it
     (run,) = offline_runs(offline / "wandb").values()  # offline, in ./wandb
     assert result.wandb.run_id == run.run_id and result.wandb.mode == "offline"
-    record = json.loads(write_run(result, offline / "out", data_cfg).read_text())
+    write_run(result, offline / "out", data_cfg)
+    record = json.loads((offline / "out" / "run.json").read_text())
     check_layout(run, record, wrote_run_json=False)
     assert record["wandb"]["run_id"] == run.run_id  # run.json keeps the W&B run id
 
@@ -94,12 +95,12 @@ def test_invae_train_wandb_offline_run_holds_the_whole_layout(offline):
 def test_a_dirty_tree_tags_the_run_uncommitted_changes(offline, monkeypatch):
     import trainables.provenance as provenance
 
-    git = provenance._git_info
+    git = provenance.git_info
 
     def dirty(path):
         return {**git(path), "is_dirty": True}
 
-    monkeypatch.setattr(provenance, "_git_info", dirty)
+    monkeypatch.setattr(provenance, "git_info", dirty)
     assert train_main([*TINY, "--wandb", "offline", "--out", "out"]) == 0
     (run,) = offline_runs(offline / "out" / "wandb").values()
     assert DIRTY_TAG in run.tags and run.config["git/is_dirty"] is True

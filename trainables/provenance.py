@@ -66,7 +66,7 @@ def get_environment_info(repo_path: str | Path | None = None) -> dict[str, Any]:
         :func:`trainables.seeding.set_seed` first, and not in a parent that later forks
         CUDA workers.
     """
-    return {"git": _git_info(repo_path), "system": _system_info(), "packages": _package_versions()}
+    return {"git": git_info(repo_path), "system": _system_info(), "packages": _package_versions()}
 
 
 def strip_credentials(url: str) -> str:
@@ -89,7 +89,8 @@ def strip_credentials(url: str) -> str:
 # --- sections ------------------------------------------------------------------------------
 
 
-def _git_info(repo_path: str | Path | None) -> dict[str, Any]:
+def git_info(repo_path: str | Path | None = None) -> dict[str, Any]:
+    """The ``git`` part of :func:`get_environment_info` alone (no CUDA, no package scan)."""
     info: dict[str, Any] = dict.fromkeys(("commit", "branch", "is_dirty", "remote_url"))
     candidates = [_PACKAGE_DIR, Path.cwd()] if repo_path is None else [Path(repo_path)]
     repo = _open_repo(candidates)

@@ -42,7 +42,6 @@ from trainables.run_record import (
     RunRecord,
     RunResult,
     TrialInfo,
-    run_record,
     write_run,
 )
 from trainables.schema import (
@@ -183,7 +182,8 @@ def tune_trainable(
     """Run one trial: train, report every epoch, checkpoint, write run.json + model.pt.
 
     The last epoch's result is reported after ``run.json`` is written: with W&B on, it
-    carries the run's whole W&B config and its summary (``trainables.wandb_run``).
+    carries what the run's W&B config still lacks (seeding, model metadata) and its digests
+    and ``run.json`` for the summary (``trainables.wandb_run``).
 
     Args:
         config: The trial config: its ``train`` and ``data`` values, its ``replicate``.
@@ -256,10 +256,9 @@ def tune_trainable(
         )
     if wandb is not None:
         result = replace(result, wandb=wandb.trial_run(trial_id, config))
-    trial = TrialInfo(trial_id, replicate, node)
-    write_run(result, Path.cwd(), data_cfg, trial)
+    record = write_run(result, Path.cwd(), data_cfg, TrialInfo(trial_id, replicate, node))
     for row, state in held:
-        send({**row, **last_keys(run_record(result, data_cfg, trial))}, state)
+        send({**row, **last_keys(record)}, state)
 
 
 def send(row: dict[str, Any], state: dict[str, Any] | None) -> None:

@@ -282,8 +282,12 @@ def write_run(
     out_dir: str | Path,
     data_config: DataConfig | None = None,
     trial: TrialInfo | None = None,
-) -> Path:
-    """Write ``model.pt`` then ``run.json`` into ``out_dir``, each atomically; return run.json."""
+) -> RunRecord:
+    """Write ``model.pt`` then ``run.json`` into ``out_dir``, each atomically.
+
+    Returns:
+        The record written as ``run.json``.
+    """
     out = Path(out_dir)
     record = run_record(result, data_config, trial)
     atomic_torch_save(
@@ -298,7 +302,8 @@ def write_run(
         },
         out / MODEL_FILE,
     )
-    return atomic_write_json(out / RUN_FILE, config_to_dict(record))
+    atomic_write_json(out / RUN_FILE, config_to_dict(record))
+    return record
 
 
 def load_run(run_dir: str | Path) -> RunRecord:

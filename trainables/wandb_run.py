@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from trainables.constants import TUNE_DATA, TUNE_REPLICATE, TUNE_TRAIN
+from trainables.constants import RUN_FILE, TUNE_DATA, TUNE_REPLICATE, TUNE_TRAIN
 from trainables.run_record import (
     Environment,
     RunConfigs,
@@ -35,6 +35,7 @@ from trainables.run_record import (
     Seeding,
     WandbRun,
     run_record,
+    write_run,
 )
 from trainables.schema import config_to_dict, flatten_dict, record_from_dict
 
@@ -196,7 +197,6 @@ def train_logged(
     """
     from trainables.config import DataConfig
     from trainables.provenance import get_environment_info
-    from trainables.run_record import write_run
     from trainables.train import train
 
     data_cfg = data if isinstance(data, DataConfig) else data_config
@@ -204,10 +204,11 @@ def train_logged(
     with WandbLogger(settings, configs, get_environment_info()) as logger:
         result = train(train_cfg, data, report=logger.reporting(report), **train_kwargs)
         result = replace(result, wandb=logger.identity)
-        run_json = None
-        if out_dir is not None:
-            run_json = str(write_run(result, out_dir, data_cfg).resolve())
-        logger.finish(run_record(result, data_cfg), run_json)
+        if out_dir is None:
+            logger.finish(run_record(result, data_cfg))
+        else:
+            record = write_run(result, out_dir, data_cfg)
+            logger.finish(record, str((Path(out_dir) / RUN_FILE).resolve()))
     return result
 
 
