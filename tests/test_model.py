@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from trainables.config import ModelConfig, TrainConfig
+from trainables.config import ModelConfig
 from trainables.model import InVAE, cross_covariance_norm, gaussian_kl, nb_log_likelihood
-from trainables.optim import build_optimizers, model_summary, split_parameters
+from trainables.optim import split_parameters
 
 N_GENES, N_BIO, N_TECH = 50, 4, 3
 
@@ -121,45 +121,3 @@ def test_hidden_layers_of_a_two_layer_model():
     shapes = [tuple(layer.weight.shape) for layer in model.hidden_layers()]
     # encoder 32->16; decoder z (30+5)->16 and 16->32; each prior's 32->16
     assert shapes == [(16, 32), (16, 35), (32, 16), (16, 32), (16, 32)]
-
-
-def test_a_one_layer_model_still_trains_its_latent_side_with_muon():
-    model = InVAE(N_GENES, N_BIO, N_TECH, ModelConfig(hidden=(16,)))
-    cfg = TrainConfig(model=ModelConfig(hidden=(16,)))
-    optimizers = build_optimizers(model, cfg)
-    assert [type(o).__name__ for o in optimizers] == ["Muon", "AdamW"]
-
-
-def test_optimizers_have_explicit_weight_decay():
-    cfg = TrainConfig(model=ModelConfig(hidden=(16,)))
-    model = InVAE(N_GENES, N_BIO, N_TECH, cfg.model)
-    muon, adamw = build_optimizers(model, cfg)
-    assert isinstance(muon, torch.optim.Muon)
-    assert muon.param_groups[0]["weight_decay"] == cfg.optimizer.muon_weight_decay
-    assert adamw.param_groups[0]["weight_decay"] == cfg.optimizer.adamw_weight_decay
-    summary = model_summary(model, [muon, adamw])
-    assert sum(summary["n_params_per_optimizer"].values()) == summary["n_params"]
-
-
-def test_one_muon_per_matrix_updates_as_one_muon_over_all_of_them():
-    cfg = TrainConfig(model=ModelConfig(hidden=(32, 16)))
-    torch.manual_seed(0)
-    per_matrix_model = InVAE(N_GENES, N_BIO, N_TECH, cfg.model)
-    shared_model = InVAE(N_GENES, N_BIO, N_TECH, cfg.model)
-    shared_model.load_state_dict(per_matrix_model.state_dict())
-    pairs = list(zip(per_matrix_model.hidden_layers(), shared_model.hidden_layers(), strict=True))
-    before = [a.weight.detach().clone() for a, _ in pairs]
-    per_matrix = build_optimizers(per_matrix_model, cfg)[:-1]
-    assert len(per_matrix) == len(pairs) == 5
-    first = per_matrix[0].param_groups[0]
-    hyper = {k: first[k] for k in ("lr", "weight_decay", "momentum", "nesterov", "adjust_lr_fn")}
-    shared = torch.optim.Muon([b.weight for _, b in pairs], **hyper)
-    for _ in range(3):
-        for a, b in pairs:
-            a.weight.grad = torch.randn_like(a.weight)
-            b.weight.grad = a.weight.grad.clone()
-        for opt in [*per_matrix, shared]:
-            opt.step()
-    for (a, b), initial in zip(pairs, before, strict=True):
-        assert torch.equal(a.weight, b.weight)
-        assert not torch.equal(a.weight, initial)

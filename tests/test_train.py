@@ -7,20 +7,7 @@ import torch
 from trainables.constants import METRIC_KEYS
 from trainables.integration import INTEGRATION_KEYS
 from trainables.model import InVAE
-from trainables.step import clip_gradients, kl_weight
 from trainables.train import NonFiniteLossError, check_finite, train
-
-
-@pytest.mark.parametrize(
-    ("step", "expected"),
-    [(0, 0.4), (125, 0.7), (250, 1.0), (1000, 1.0)],
-)
-def test_kl_weight_warms_up_linearly(step, expected):
-    assert kl_weight(step, 0.4, 1.0, 250) == pytest.approx(expected)
-
-
-def test_kl_weight_without_warmup_is_constant():
-    assert kl_weight(0, 0.4, 1.0, 0) == 1.0
 
 
 def test_report_is_called_once_per_epoch_with_every_metric(tiny_train_config, tiny_data):
@@ -86,31 +73,14 @@ def test_resume_from_a_checkpoint_ends_bit_for_bit_like_an_uninterrupted_run(
     assert resumed.timing["epochs_run"] == 2
 
 
-def test_a_checkpoint_with_other_optimizers_is_refused_by_name(tiny_train_config, tiny_data):
+def test_a_checkpoint_of_another_version_is_refused_in_one_sentence(tiny_train_config, tiny_data):
     states = []
     report = lambda row, state=None: states.append(state)  # noqa: E731
     train(tiny_train_config, tiny_data, report=report, checkpoint_every=1)
-    older = {**states[0], "optimizers": states[0]["optimizers"][-2:]}  # [Muon over all, AdamW]
-    with pytest.raises(ValueError, match=r"holds 2 optimizer states, but this run has \d+"):
+    older = {k: v for k, v in states[0].items() if k != "format"}
+    older["optimizers"] = [{}, {}]  # what checkpoints held before trials trained in groups
+    with pytest.raises(ValueError, match=r"another version of invae-sweep .* the trial afresh"):
         train(tiny_train_config, tiny_data, resume=older)
-
-
-def test_gradient_clipping_really_clips():
-    model = InVAE(10, 2, 2, tiny_model_config())
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 100.0)
-    before = clip_gradients(model, 1.0)
-    after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
-    assert before > 1.0
-    assert after == pytest.approx(1.0, rel=1e-4)
-
-
-def test_no_clipping_leaves_gradients_alone():
-    model = InVAE(10, 2, 2, tiny_model_config())
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 100.0)
-    norm = clip_gradients(model, None)
-    assert torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]) == norm
 
 
 def test_non_finite_metrics_are_named():
@@ -123,9 +93,3 @@ def test_diverging_training_raises_instead_of_continuing(tiny_train_config, tiny
     cfg = dataclasses.replace(tiny_train_config, learning_rate=1e12, grad_clip=None)
     with pytest.raises(NonFiniteLossError):
         train(cfg, tiny_data)
-
-
-def tiny_model_config():
-    from trainables.config import ModelConfig
-
-    return ModelConfig(z_i_dim=2, z_s_dim=1, hidden=(8,))

@@ -158,6 +158,7 @@ class TrainConfig:
     cuda_matmul_precision: CudaMatmulPrecision = "ieee"  # tf32: faster, other bits
     cuda_graphs: bool = True  # on a GPU, replay each epoch of steps from one CUDA graph
     compile: bool = True  # on a GPU, fuse the loss's kernels with torch.compile
+    group_width: int | None = None  # slots of the batched computation; None: 1 CPU, 16 GPU
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -188,6 +189,12 @@ class TrainConfig:
             "auto, cpu, cuda or cuda:N",
         )
         require(self.cpu_threads >= 1, "cpu_threads", self.cpu_threads, "an integer >= 1")
+        require(
+            self.group_width is None or self.group_width >= 1,
+            "group_width",
+            self.group_width,
+            "an integer >= 1, or null for the device's default (1 on a CPU, 16 on a GPU)",
+        )
 
 
 # --- loading -------------------------------------------------------------------------------

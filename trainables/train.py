@@ -10,26 +10,33 @@ that is given the same config, data and environment produces the same bits.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from trainables.concurrency import PROCESS_LOCK, Lane, fork_default_generator, host_values, lane
+from trainables.concurrency import PROCESS_LOCK, Lane, host_values, lane
 from trainables.config import DataConfig, TrainConfig
 from trainables.fingerprint import fingerprint
+from trainables.fused import (
+    DEFAULT_GPU_GROUP_WIDTH,
+    N_TRAIN_SUMS,
+    GroupShape,
+    TrialGroup,
+    kl_weight,
+)
 from trainables.latent import embedding_integration, latent_means
 from trainables.model import InVAE, LossTerms
-from trainables.optim import build_optimizers, model_summary
 from trainables.prepared import PreparedData, Split
 from trainables.provenance import get_environment_info
 from trainables.run_record import RunResult
 from trainables.seeding import set_seed, torch_generator
-from trainables.step import N_TRAIN_SUMS, EagerStep, kl_weight, make_step
 
 if TYPE_CHECKING:
     from trainables.wandb_run import WandbSettings
@@ -115,11 +122,11 @@ def train(
         from trainables.data import prepare_data
 
         prepared = prepare_data(data)
-    device = resolve_device(train_cfg.device)
-    with lane(device) as streams:
-        return _train(
-            train_cfg, prepared, device, streams, report, checkpoint_every, resume, started
-        )
+    trial = Trial(train_cfg, report, checkpoint_every, resume, started)
+    (outcome,) = train_group([trial], prepared)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 def main(use_wandb: bool = False) -> RunResult:
@@ -142,86 +149,276 @@ def main(use_wandb: bool = False) -> RunResult:
     return result
 
 
-def _train(
-    train_cfg: TrainConfig,
-    prepared: PreparedData,
-    device: torch.device,
-    streams: Lane,
-    report: Report | None,
-    checkpoint_every: int,
-    resume: dict[str, Any] | None,
-    started: tuple[float, float],  # perf_counter, Unix time
-) -> RunResult:
-    with PROCESS_LOCK:  # the global RNGs: parameters are drawn from them
-        seeding = set_seed(
-            train_cfg.seed,
-            train_cfg.deterministic,
-            train_cfg.cpu_threads,
-            train_cfg.cuda_matmul_precision,
-        )
-        model = InVAE(prepared.n_genes, prepared.n_bio, prepared.n_tech, train_cfg.model)
-        model = model.to(device)
-        noise = fork_default_generator(device)
-    train_set = DeviceSplit.from_split(prepared.train, device)
-    val_set = DeviceSplit.from_split(prepared.val, device)
-    optimizers = build_optimizers(model, train_cfg)
-    generator = torch_generator(train_cfg.seed, device)
-    step_fn = make_step(
-        model, optimizers, train_set.tensors(), val_set.tensors(), train_cfg, streams, noise
-    )
-    epoch, step, history = 0, 0, []
-    if resume is not None:
-        epoch, step, history = restore_state(resume, model, optimizers, generator, noise)
+@dataclass
+class Trial:
+    """A training to run in a group: its config, what it reports to, where it resumes from."""
 
-    epoch_seconds, epoch_ends, integration = [], [], {}
-    while epoch < train_cfg.n_epochs:
-        tick = time.perf_counter()
-        metrics, step = train_epoch(step_fn, prepared.train.n_cells, generator, train_cfg, step)
-        row = {"epoch": epoch + 1, **metrics}
-        epoch_seconds.append(time.perf_counter() - tick)
-        epoch_ends.append(time.time())
-        check_finite(row)
-        history.append(row)
-        epoch += 1
-        if epoch == train_cfg.n_epochs:  # the final result also carries integration quality
-            z_i, _ = latent_means(model, val_set.counts, val_set.bio, val_set.tech)
-            integration = embedding_integration(
-                z_i, prepared.val.bio_codes, prepared.val.tech_codes
+    cfg: TrainConfig
+    report: Report | None = None
+    checkpoint_every: int = 0
+    resume: dict[str, Any] | None = None
+    started: tuple[float, float] | None = None  # perf_counter, Unix time (None: when it starts)
+
+
+@dataclass
+class _Slot:
+    """A trial while it trains: its slot, shuffling generator, progress and timings."""
+
+    trial: Trial
+    cfg: TrainConfig  # with the group width resolved
+    slot: int
+    seeding: dict[str, Any]
+    generator: torch.Generator
+    started: tuple[float, float]
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    epoch_ends: list[float] = field(default_factory=list)
+    integration: dict[str, float] = field(default_factory=dict)  # after the last epoch
+
+
+Outcome = Callable[["RunResult | Exception"], None]
+"""Called once when a trial in a group ends: with its result, or with what ended it."""
+
+
+class GroupRunner:
+    """Trials of one :class:`GroupShape` training in one ``TrialGroup``; see :func:`train_group`.
+
+    A trial joins (:meth:`add`) between epochs, trains one epoch per :meth:`run_epoch` beside
+    the others and leaves when it ends: done, failed (a non-finite loss, its ``report``
+    raising) or cancelled. The group and its compiled code stay for the next trials.
+
+    Args:
+        shape: The group's shape (``shape_of``).
+        prepared: The data its trials train on.
+        streams: The CUDA streams it captures and warms up on.
+    """
+
+    def __init__(self, shape: GroupShape, prepared: PreparedData, streams: Lane):
+        self.shape, self.prepared, self.streams = shape, prepared, streams
+        self.device = torch.device(shape.device)
+        self.train_set = DeviceSplit.from_split(prepared.train, self.device)
+        self.val_set = DeviceSplit.from_split(prepared.val, self.device)
+        self.group: TrialGroup | None = None
+        self.running: list[tuple[_Slot, Outcome]] = []
+        self.environment = get_environment_info()  # of the process: the same for every trial
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finish")
+        self._finishing: list[Future] = []
+
+    @staticmethod
+    def shape_of(cfg: TrainConfig, prepared: PreparedData) -> GroupShape:
+        """The group shape a trial trains in, on these data."""
+        device = resolve_device(cfg.device)
+        cfg = replace(cfg, group_width=group_width(cfg, device))
+        sizes = (prepared.n_genes, prepared.n_bio, prepared.n_tech)
+        return GroupShape.of(cfg, (*sizes, prepared.train.n_cells, prepared.val.n_cells), device)
+
+    def has_room(self) -> bool:
+        """Whether a slot is free."""
+        return len(self.running) < self.shape.width
+
+    def add(self, trial: Trial, on_end: Outcome) -> None:
+        """Put a trial into a free slot; it trains from the next :meth:`run_epoch` on.
+
+        Raises:
+            ValueError: The trial has another shape, or no slot is free.
+        """
+        if self.shape_of(trial.cfg, self.prepared) != self.shape:
+            raise ValueError("the trial's shape is not the group's")
+        if not self.has_room():
+            raise ValueError(f"all {self.shape.width} slots of the group are taken")
+        cfg = replace(trial.cfg, group_width=self.shape.width)
+        if trial.resume is not None:
+            try:
+                progress = check_state(trial.resume)
+            except ValueError as err:
+                on_end(err)
+                return
+        with PROCESS_LOCK:  # the global RNGs: parameters are drawn from them
+            seeding = set_seed(
+                cfg.seed, cfg.deterministic, cfg.cpu_threads, cfg.cuda_matmul_precision
             )
-            row = {**row, **integration}
-        if report is not None and checkpoint_every and epoch % checkpoint_every == 0:
-            state = training_state(epoch, step, model, optimizers, generator, noise, history)
-            report(row, state)
-        elif report is not None:
-            report(row)
+            n_features = self.prepared.n_genes, self.prepared.n_bio, self.prepared.n_tech
+            model = InVAE(*n_features, cfg.model).to(self.device)
+        if self.group is None:
+            tensors = self.train_set.tensors(), self.val_set.tensors()
+            self.group = TrialGroup(self.shape, *tensors, model, self.streams)
+        started = trial.started or (time.perf_counter(), time.time())
+        generator = torch_generator(cfg.seed, self.device)
+        run = _Slot(trial, cfg, -1, seeding, generator, started)
+        if trial.resume is None:
+            run.slot = self.group.admit(cfg, model.state_dict())
+        else:
+            run.epoch, run.step, run.history = progress
+            generator.set_state(trial.resume["shuffle_generator"])
+            state = trial.resume["model"], trial.resume["optimizer"]
+            run.slot = self.group.admit(cfg, *state, step=run.step)
+        self.running.append((run, on_end))
 
-    model_state = _to_cpu(model.state_dict())
-    optimizer_states = [_to_cpu(o.state_dict()) for o in optimizers]
+    def run_epoch(self) -> None:
+        """Train every trial of the group one epoch; end those that are done or failed."""
+        if not self.running:
+            return
+        group, shape = self.group, self.shape
+        tick = time.perf_counter()
+        placed = group.placeholder_batches()
+        for run, _ in self.running:
+            placed[run.slot] = minibatches(
+                shape.n_train, shape.batch_size, run.generator, self.device
+            )
+        sums = host_values(group.run_epoch(placed))
+        when = time.perf_counter() - tick, time.time()
+        still = []
+        for run, on_end in self.running:
+            try:
+                row = _record_epoch(run, group, sums[run.slot], placed.shape[1], when)
+                if run.epoch < run.cfg.n_epochs:
+                    _report(run, row, lambda run=run: training_state(run, group))
+                    still.append((run, on_end))
+                    continue
+                # Scored and written beside the group's next epochs, not before them.
+                model_state, optimizer_state = group.slot_state(run.slot)
+                every = run.trial.checkpoint_every
+                state = training_state(run, group) if every and run.epoch % every == 0 else None
+                finished = _Finished(run, row, model_state, optimizer_state, state)
+                group.release(run.slot)
+                self._finishing.append(self._pool.submit(self._end, finished, on_end))
+                continue
+            except Exception as err:  # this trial alone ends; the others go on
+                group.release(run.slot)
+                on_end(err)
+        self.running = still
+
+    def _end(self, finished: _Finished, on_end: Outcome) -> None:
+        try:
+            outcome = _finish(finished, self)
+        except Exception as err:
+            outcome = err
+        on_end(outcome)
+
+    def wait(self) -> None:
+        """Wait until every trial that has left the group has its outcome."""
+        for future in self._finishing:
+            future.result()
+        self._finishing.clear()
+
+
+def train_group(trials: list[Trial], prepared: PreparedData) -> list[RunResult | Exception]:
+    """Train trials of one shape side by side, as one batched computation (``trainables.fused``).
+
+    Each trial ends with the bits it has alone: its slot shares no arithmetic with the others,
+    and the group's width is fixed by the trials' configs. A trial that fails (a non-finite
+    loss, or its ``report`` raising) leaves the group; the others go on.
+
+    Args:
+        trials: At most ``group_width`` trials whose configs have one ``GroupShape``.
+        prepared: The data they all train on.
+
+    Returns:
+        Per trial, in order, its result or what ended it.
+
+    Raises:
+        ValueError: The trials do not fit in one group.
+    """
+    shapes = {GroupRunner.shape_of(t.cfg, prepared) for t in trials}
+    if len(shapes) > 1:
+        raise ValueError(f"trials of {len(shapes)} shapes cannot train in one group")
+    (shape,) = shapes
+    if len(trials) > shape.width:
+        raise ValueError(f"{len(trials)} trials do not fit a group of width {shape.width}")
+    outcomes: list[RunResult | Exception | None] = [None] * len(trials)
+    with lane(torch.device(shape.device)) as streams:
+        runner = GroupRunner(shape, prepared, streams)
+        for i, trial in enumerate(trials):
+            runner.add(trial, lambda outcome, i=i: outcomes.__setitem__(i, outcome))
+        while runner.running:
+            runner.run_epoch()
+        runner.wait()
+    return outcomes
+
+
+def _record_epoch(
+    run: _Slot, group: TrialGroup, sums: list[float], n_batches: int, when: tuple[float, float]
+) -> dict[str, float]:
+    """Add an epoch to a trial's history (``when``: its seconds, its end as Unix time)."""
+    cfg, shape = run.cfg, group.shape
+    metrics = epoch_metrics(sums, (n_batches, shape.batch_size), run.step, cfg, shape.n_val)
+    run.step += n_batches
+    row = {"epoch": run.epoch + 1, **metrics}
+    run.epoch_seconds.append(when[0])
+    run.epoch_ends.append(when[1])
+    check_finite(row)
+    run.history.append(row)
+    run.epoch += 1
+    return row
+
+
+def _report(run: _Slot, row: dict[str, float], state: Callable[[], dict[str, Any]]) -> None:
+    """Report an epoch's row, with a resumable state (``state()``) on checkpoint epochs."""
+    report, every = run.trial.report, run.trial.checkpoint_every
+    if report is not None and every and run.epoch % every == 0:
+        report(row, state())
+    elif report is not None:
+        report(row)
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A trial's last epoch, taken out of its group: what its result is built from."""
+
+    run: _Slot
+    row: dict[str, float]
+    model_state: dict[str, Tensor]  # on the CPU
+    optimizer_state: dict[str, Any]
+    state: dict[str, Any] | None  # resumable, when the last epoch is a checkpoint epoch
+
+
+def _finish(finished: _Finished, runner: GroupRunner) -> RunResult:
+    """Score a finished trial's embedding, report its last epoch, build its result."""
+    run, prepared = finished.run, runner.prepared
+    model = copy.deepcopy(runner.group.model.template).cpu()
+    model.load_state_dict(finished.model_state)
+    val = prepared.val
+    z_i, _ = latent_means(model, val.counts, val.bio, val.tech)
+    run.integration = embedding_integration(z_i, val.bio_codes, val.tech_codes)
+    _report(run, {**finished.row, **run.integration}, lambda: finished.state)
+    optimizer_states = [{**finished.optimizer_state, "step": run.step}]
+    seconds = run.epoch_seconds
     return RunResult(
-        train_config=train_cfg,
+        train_config=run.cfg,
         data=prepared.summary(),
-        integration=integration,
-        seeding=seeding,
-        environment=get_environment_info(),
-        model_info={**model_summary(model, optimizers), "device": str(device)},
-        history=history,
-        fingerprint=fingerprint(model_state, optimizer_states, history),
-        model_state=model_state,
+        integration=run.integration,
+        seeding=run.seeding,
+        environment=runner.environment,
+        model_info={**runner.group.model_summary(), "device": str(runner.device)},
+        history=run.history,
+        fingerprint=fingerprint(finished.model_state, optimizer_states, run.history),
+        model_state=finished.model_state,
         optimizer_states=optimizer_states,
         timing={
-            "total_s": time.perf_counter() - started[0],
-            "started_unix": started[1],
+            "total_s": time.perf_counter() - run.started[0],
+            "started_unix": run.started[1],
             "finished_unix": time.time(),
-            "epochs_run": len(epoch_seconds),
-            "mean_epoch_s": sum(epoch_seconds) / max(len(epoch_seconds), 1),
-            "epoch_s": epoch_seconds,  # the first includes CUDA-graph capture and compilation
-            "epoch_end_unix": epoch_ends,
+            "epochs_run": len(seconds),
+            "mean_epoch_s": sum(seconds) / max(len(seconds), 1),
+            "epoch_s": seconds,  # of the group; the first includes compilation and capture
+            "epoch_end_unix": run.epoch_ends,
             # of the whole process: trainings running beside this one count too
             "max_gpu_memory_bytes": (
-                torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+                torch.cuda.max_memory_allocated(runner.device)
+                if runner.device.type == "cuda"
+                else None
             ),
         },
     )
+
+
+def group_width(cfg: TrainConfig, device: torch.device) -> int:
+    """The group width a run trains at: its config's, or the device's default."""
+    if cfg.group_width is not None:
+        return cfg.group_width
+    return DEFAULT_GPU_GROUP_WIDTH if device.type == "cuda" else 1
 
 
 def minibatches(n_cells: int, batch_size: int, generator: torch.Generator, device) -> Tensor:
@@ -236,36 +433,28 @@ def minibatches(n_cells: int, batch_size: int, generator: torch.Generator, devic
     return order[: n_cells // size * size].view(-1, size)
 
 
-def train_epoch(
-    step_fn: EagerStep, n_cells: int, generator: torch.Generator, cfg: TrainConfig, step: int
-) -> tuple[dict[str, float], int]:
-    """Run one epoch: a pass over shuffled minibatches, then the validation pass.
+def epoch_metrics(
+    sums: list[float], batches: tuple[int, int], step: int, cfg: TrainConfig, n_val: int
+) -> dict[str, float]:
+    """An epoch's metrics from a slot's sums (``trainables.fused.TrialGroup.run_epoch``).
 
-    Returns the epoch's metrics (cell-weighted means of the loss terms; ``val_loss`` uses
-    β_end) and the step count after it.
+    Cell-weighted means of the loss terms; ``val_loss`` uses β_end; ``beta`` is that of the
+    epoch's last step (the epoch's first step is the run's ``step``-th).
     """
-    step_fn.model.train()
-    step_fn.sums.zero_()
-    batches = minibatches(n_cells, cfg.batch_size, generator, step_fn.sums.device)
-    step_fn.run_epoch(batches, step)
-    step += batches.shape[0]
-    sums = host_values(step_fn.sums)
     train_sums, val_sums = sums[:N_TRAIN_SUMS], sums[N_TRAIN_SUMS:]
-    n_seen, n_steps = batches.numel(), batches.shape[0]
-    means = [v / n_seen for v in train_sums[:5]] + [train_sums[5] / n_steps]
+    n_steps, size = batches
+    means = [v / (n_steps * size) for v in train_sums[:5]] + [train_sums[5] / n_steps]
     names = ("train_loss", "recon", "kl_i", "kl_s", "indep", "grad_norm")
-    beta = kl_weight(step - 1, cfg.beta_start, cfg.beta_end, cfg.beta_warmup_steps)
-    n_val = step_fn.validation[0].shape[0]
     val = LossTerms(*(v / n_val for v in val_sums))
     return {
         **dict(zip(names, means, strict=True)),
-        "beta": beta,
+        "beta": kl_weight(step + n_steps - 1, cfg),
         "val_loss": val.total(cfg.beta_end, cfg.indep_weight),
         "val_recon": val.recon,
         "val_kl_i": val.kl_i,
         "val_kl_s": val.kl_s,
         "val_indep": val.indep,
-    }, step
+    }
 
 
 def check_finite(row: dict[str, float]) -> None:
@@ -276,61 +465,35 @@ def check_finite(row: dict[str, float]) -> None:
         raise NonFiniteLossError(f"epoch {row['epoch']}: non-finite loss ({terms})")
 
 
-def training_state(
-    epoch: int,
-    step: int,
-    model: InVAE,
-    optimizers: list[torch.optim.Optimizer],
-    generator: torch.Generator,
-    noise: torch.Generator,
-    history: list[dict[str, float]],
-) -> dict[str, Any]:
-    """Everything needed to continue a run bit-for-bit after ``epoch`` epochs."""
+STATE_FORMAT = "fused-1"
+"""The layout of a resumable state: one slot of a ``TrialGroup`` (``trainables.fused``)."""
+
+
+def training_state(run: _Slot, group: TrialGroup) -> dict[str, Any]:
+    """Everything needed to continue a trial bit-for-bit after the epochs it has run.
+
+    No noise state: a step's random numbers are a function of the seed and the step.
+    """
+    model, optimizer = group.slot_state(run.slot)
     return {
-        "epoch": epoch,
-        "step": step,
-        "model": _to_cpu(model.state_dict()),
-        "optimizers": [_to_cpu(o.state_dict()) for o in optimizers],
-        "shuffle_generator": generator.get_state(),
-        "noise_generator": noise.get_state(),
-        "history": [dict(row) for row in history],
+        "format": STATE_FORMAT,
+        "epoch": run.epoch,
+        "step": run.step,
+        "model": model,
+        "optimizer": optimizer,
+        "shuffle_generator": run.generator.get_state(),
+        "history": [dict(row) for row in run.history],
     }
 
 
-def restore_state(
-    state: dict[str, Any],
-    model: InVAE,
-    optimizers: list[torch.optim.Optimizer],
-    generator: torch.Generator,
-    noise: torch.Generator,
-) -> tuple[int, int, list[dict[str, float]]]:
-    """Load a ``training_state`` into the run; return its epoch, step and history."""
-    if len(state["optimizers"]) != len(optimizers):
-        names = ", ".join(type(o).__name__ for o in optimizers)
+def check_state(state: dict[str, Any]) -> tuple[int, int, list[dict[str, float]]]:
+    """A resumable state's epoch, step and history; refuses a state of another layout."""
+    if state.get("format") != STATE_FORMAT:
         raise ValueError(
-            f"the checkpoint holds {len(state['optimizers'])} optimizer states, but this run has "
-            f"{len(optimizers)} optimizers ({names}): it was written by another version of "
-            "invae-sweep (before one Muon per hidden matrix) or for another model; start the "
-            "trial afresh"
+            "the checkpoint was written by another version of invae-sweep (before trials "
+            "trained in groups, with other numerics); start the trial afresh"
         )
-    model.load_state_dict(state["model"])
-    for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
-        opt.load_state_dict(opt_state)
-    generator.set_state(state["shuffle_generator"])
-    noise.set_state(noise_state(state, noise.device))
     return state["epoch"], state["step"], [dict(row) for row in state["history"]]
-
-
-def noise_state(state: dict[str, Any], device: torch.device) -> Tensor:
-    """The noise generator's state in a checkpoint.
-
-    Checkpoints written before each training had a noise generator of its own hold torch's
-    global RNG states instead (``"rng"``), from which the noise was then drawn.
-    """
-    if "noise_generator" in state:
-        return state["noise_generator"]
-    rng = state["rng"]
-    return rng["cuda"][device.index or 0] if device.type == "cuda" else rng["torch"]
 
 
 def _to_cpu(value: Any) -> Any:
