@@ -9,7 +9,6 @@ from typing import Any
 
 from sweeper.options import DriverOptions
 from sweeper.spec import LoadedSweep, SweepError
-from trainables.concurrency import shared_process_env
 from trainables.constants import TUNE_REPLICATE
 from trainables.seeding import determinism_env
 
@@ -45,8 +44,6 @@ def worker_env(sweep: LoadedSweep) -> dict[str, str]:
     if sweep.spec.wandb.mode == "offline":
         env["WANDB_MODE"] = "offline"  # mode="offline" alone still asks for an API key
     env["WANDB_SILENT"] = "true"  # one W&B banner per trial drowns the trial table
-    if sweep.spec.resources.one_process_per_gpu:  # a GPU's trials share a process
-        env.update(shared_process_env())
     return env
 
 

@@ -20,7 +20,6 @@ from typing import Any
 from ray.tune import Callback
 
 from sweeper.cluster import (
-    DEFAULT_TRIALS_PER_GPU,
     connect,
     gpus_per_trial,
     keep_credentials_out_of_runtime_envs,
@@ -35,7 +34,9 @@ from sweeper.spec import LoadedSweep, SweepError
 from sweeper.storage import SweepFolder
 from sweeper.verify.records import Verification
 from sweeper.verify.seal import write_seal
+from trainables.config import PROCESS_WIDE_KEYS
 from trainables.constants import TUNE_REPLICATE, WANDB_CONFIG, WANDB_SUMMARY
+from trainables.fused import DEFAULT_GPU_GROUP_WIDTH
 from trainables.schema import config_to_dict
 
 TUNE_DRIVER_ENV = {
@@ -153,15 +154,14 @@ def run_trials(
         resources = {"cpu": sweep.spec.resources.cpus_per_trial, "gpu": gpu}
         if options.spread_replicates:
             resources = replicates_over_nodes(resources) or resources
-        if sweep.spec.resources.one_process_per_gpu:
+        if trains_in_groups(sweep, n_gpus, pinned=callable(resources)):
             if callable(resources):
                 raise SweepError(
                     "resources.one_process_per_gpu runs a GPU's trials in one process, so "
                     "replicates cannot be pinned to nodes: audit across nodes with one process "
                     "per trial"
                 )
-            per_gpu = sweep.spec.resources.trials_per_gpu or DEFAULT_TRIALS_PER_GPU
-            slots = round(1 / gpu) if gpu else per_gpu
+            slots = sweep.spec.resources.trials_per_gpu or host_slots(sweep)
             shared = ray.put(shared) if shared is not None else None  # held while hosts live
             hosts = start_training_hosts(n_gpus, slots, shared)
             resources = {**resources, "gpu": 0}  # the trial's worker only relays; its host trains
@@ -179,6 +179,24 @@ def run_trials(
     if ending.unfinished:  # Ctrl-C: Tune stopped the trials and saved its state
         raise SweepInterrupted(f"{ending.unfinished} trial(s) unfinished", folder)
     return collect_results(sweep, folder, grid)
+
+
+def trains_in_groups(sweep: LoadedSweep, n_gpus: int, pinned: bool) -> bool:
+    """Whether the sweep's trials train on one host per GPU, in groups (``trainables.host``).
+
+    ``resources.one_process_per_gpu`` decides where it is set; unset, a sweep on GPUs does,
+    unless an audit pins replicates to nodes or it searches a setting torch keeps per process.
+    """
+    chosen = sweep.spec.resources.one_process_per_gpu
+    if chosen is not None:
+        return chosen
+    per_process = any(k in PROCESS_WIDE_KEYS for k in sweep.spec.search)
+    return n_gpus > 0 and not pinned and not per_process
+
+
+def host_slots(sweep: LoadedSweep) -> int:
+    """Trials a GPU's host trains at once by default: the base config's GPU group width."""
+    return sweep.train.group_width or DEFAULT_GPU_GROUP_WIDTH
 
 
 class SweepInterrupted(KeyboardInterrupt):

@@ -52,17 +52,18 @@ SWEEP_METRICS: tuple[str, ...] = (*METRIC_KEYS[1:], *INTEGRATION_KEYS)
 class ResourcesSpec:
     """Per-trial resources. Give ``gpus_per_trial`` or ``trials_per_gpu``, not both.
 
-    ``one_process_per_gpu`` runs the trials that share a GPU in one process per GPU, side by
-    side on CUDA streams of their own, instead of a process per trial: kernels of one process
-    overlap, those of several processes take turns (``docs/performance.md``). Every trial keeps
-    the bits it has in a process of its own. Its trials must share ``deterministic``,
-    ``cpu_threads`` and ``cuda_matmul_precision``, which torch keeps per process.
+    ``one_process_per_gpu`` runs the trials that share a GPU in one process per GPU, where
+    trials of one shape train as one batched computation (``trainables.host``), instead of a
+    process per trial; unset, sweeps on GPUs do so unless an audit pins replicates to nodes or
+    the sweep searches a setting torch keeps per process. Every trial keeps the bits it has
+    alone. Its trials must share ``deterministic``, ``cpu_threads`` and
+    ``cuda_matmul_precision``, which torch keeps per process.
     """
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # explicit fraction or count of GPUs per trial
     trials_per_gpu: int | None = None  # at most this many trials share one GPU
-    one_process_per_gpu: bool = False
+    one_process_per_gpu: bool | None = None  # None: on GPUs (see above)
 
     def __post_init__(self):
         if self.cpus_per_trial <= 0:

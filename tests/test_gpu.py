@@ -64,11 +64,14 @@ def test_later_trials_in_one_process_need_no_more_gpu_memory(gpu_config, tiny_da
 
 @pytest.mark.parametrize("graphs", [True, False])
 def test_trainings_side_by_side_in_one_process_keep_their_bits(gpu_config, tiny_data, graphs):
-    """Eight trainings at once on one GPU (threads, streams of their own) end as alone."""
+    """Eight trainings in one group of 16 on one GPU (other seeds, rates, slots) end as alone."""
     from trainables.host import TrainingHost
 
     cfg = dataclasses.replace(gpu_config, cuda_graphs=graphs, n_epochs=6)
-    configs = {f"t{i}": dataclasses.replace(cfg, seed=i % 3) for i in range(8)}
+    rates = (1e-3, 3e-3)
+    configs = {
+        f"t{i}": dataclasses.replace(cfg, seed=i % 3, learning_rate=rates[i % 2]) for i in range(8)
+    }
     host = TrainingHost(slots=8, data=tiny_data)
     for key, c in configs.items():
         assert host.start(key, c, None, checkpoint_every=3)
@@ -80,10 +83,12 @@ def test_trainings_side_by_side_in_one_process_keep_their_bits(gpu_config, tiny_
                     assert item[0] == "done", item
                     results[key] = item[1]
     for seed in range(3):
-        alone = train(dataclasses.replace(cfg, seed=seed), tiny_data).fingerprint
-        for key, c in configs.items():
-            if c.seed == seed:
-                assert results[key].fingerprint == alone, key
+        for rate in rates:
+            alone = train(dataclasses.replace(cfg, seed=seed, learning_rate=rate), tiny_data)
+            for key, c in configs.items():
+                if (c.seed, c.learning_rate) == (seed, rate):
+                    assert results[key].fingerprint == alone.fingerprint, key
+            assert alone.train_config.group_width == 16
 
 
 def test_a_checkpoint_taken_beside_other_trainings_resumes_bit_for_bit(gpu_config, tiny_data):

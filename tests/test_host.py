@@ -96,3 +96,16 @@ def test_a_training_nobody_takes_from_is_stopped(tiny_train_config, tiny_data):
     while host.running() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert host.running() == 0
+
+
+def test_trainings_of_one_shape_train_in_one_group_keeping_their_bits(tiny_train_config, tiny_data):
+    cfg = dataclasses.replace(tiny_train_config, group_width=4)
+    configs = {"a": cfg, "b": dataclasses.replace(cfg, seed=3, learning_rate=2e-3), "c": cfg}
+    host = TrainingHost(slots=4, data=tiny_data)
+    for key, c in configs.items():
+        host.start(key, c, None)
+    ends = {key: collect(host, key)[1] for key in configs}
+    assert len(host._runners) == 1  # one group held all three
+    for key, c in configs.items():
+        assert ends[key][0] == "done"
+        assert ends[key][1].fingerprint == train(c, tiny_data).fingerprint, key

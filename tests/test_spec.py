@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeper.cluster import gpus_per_trial, worker_env
+from sweeper.cluster import gpus_per_trial
 from sweeper.search import expand_trials, param_space, searched_values
 from sweeper.spec import load_sweep
 from trainables.schema import ConfigError
@@ -216,10 +216,15 @@ def test_gpu_share_spreads_trials_over_all_gpus(
     assert gpus_per_trial(sweep, gpus) == pytest.approx(expected)
 
 
-def test_one_process_per_gpu_gives_its_streams_all_hardware_queues(tmp_path, monkeypatch):
-    monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
-    shared = load_sweep(write_sweep(tmp_path, resources={"one_process_per_gpu": True}))
-    assert worker_env(shared)["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"
-    assert "CUDA_DEVICE_MAX_CONNECTIONS" not in worker_env(load_sweep(write_sweep(tmp_path)))
-    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "16")  # the user's choice stays
-    assert worker_env(shared)["CUDA_DEVICE_MAX_CONNECTIONS"] == "16"
+def test_sweeps_on_gpus_train_in_groups_unless_told_or_they_cannot(tmp_path):
+    from sweeper.driver import trains_in_groups
+
+    unset = load_sweep(write_sweep(tmp_path))
+    assert trains_in_groups(unset, n_gpus=1, pinned=False)
+    assert not trains_in_groups(unset, n_gpus=0, pinned=False)  # CPU trials: a process each
+    assert not trains_in_groups(unset, n_gpus=2, pinned=True)  # an audit across nodes
+    searched = load_sweep(write_sweep(tmp_path, search={"deterministic": {"grid": [True, False]}}))
+    assert not trains_in_groups(searched, n_gpus=1, pinned=False)
+    for chosen in (True, False):
+        told = load_sweep(write_sweep(tmp_path, resources={"one_process_per_gpu": chosen}))
+        assert trains_in_groups(told, n_gpus=0, pinned=False) is chosen

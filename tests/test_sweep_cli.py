@@ -36,7 +36,7 @@ def test_dry_run_prints_every_trial_and_starts_nothing(tmp_path, capsys):
         "gpus",
     ]
     assert len(out) == 2 + 24
-    assert out[2].split()[-1] == "0.25"  # 24 trials on 4 GPUs, 4 per GPU
+    assert out[2].split()[-1] == "0.1667"  # 24 trials on 4 GPUs: 6 per GPU
     assert not ray.is_initialized()
     assert not any(tmp_path.iterdir())
 

@@ -1,0 +1,103 @@
+"""Trials trained as one batched computation, without Ray: the ceiling of a GPU's host.
+
+For each group width W asked for, trains one trial alone in a group of W, then W trials (seeds
+and learning rates varying) filling it, on the pancreas-shape data with the default model, and
+prints a table: ms per group epoch (median after the first two: compilation, capture), epochs/s
+of all the group's trials while they train and over the whole call (compilation included), the
+first epoch's seconds, torch's peak GPU memory, and whether the middle slot's trial ended with
+the bits of the trial alone:
+
+    python scripts/bench_group.py --widths 1,8,16,32 --epochs 20 --json bench_group.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+import torch
+
+from trainables.config import DataConfig, load_train_config
+from trainables.data import prepare_data
+from trainables.train import Trial, train_group
+
+
+def measure(data, width: int, epochs: int, device: str, fill: bool) -> dict:
+    """Train one trial alone (``fill`` False) or ``width`` trials in a group of ``width``."""
+    base = load_train_config(overrides={"device": device, "n_epochs": epochs})
+    base = dataclasses.replace(base, group_width=width)
+    configs = [base]
+    if fill:
+        others = [
+            dataclasses.replace(base, seed=s, learning_rate=1e-3 * (1 + s % 3))
+            for s in range(width - 1)
+        ]
+        configs = [*others[: width // 2], base, *others[width // 2 :]]
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    outcomes = train_group([Trial(c) for c in configs], data)
+    wall = time.perf_counter() - start
+    failed = [o for o in outcomes if isinstance(o, Exception)]
+    if failed:
+        raise failed[0]
+    mine = outcomes[configs.index(base)]
+    epoch_s = statistics.median(mine.timing["epoch_s"][2:])
+    return {
+        "width": width,
+        "trials": len(configs),
+        "ms_per_epoch": 1000 * epoch_s,
+        "epochs_per_s_training": len(configs) / epoch_s,
+        "epochs_per_s_wall": len(configs) * epochs / wall,
+        "first_epoch_s": mine.timing["epoch_s"][0],
+        "gpu_memory_gib": (
+            torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+        ),
+        "weights": mine.fingerprint.weights,
+    }
+
+
+def main() -> None:
+    """Print the table (and write it as JSON with ``--json``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--widths", default="1,8,16,32")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    if args.epochs < 4:
+        parser.error("--epochs must be >= 4 (the first two epochs compile and capture)")
+    data = prepare_data(DataConfig())
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device={name} torch={torch.__version__} cuda={torch.version.cuda}")
+    print(
+        "| W | trials | ms/epoch | epochs/s training | epochs/s wall | first epoch s "
+        "| GPU GiB | slot bits = alone |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
+    for width in (int(w) for w in args.widths.split(",")):
+        alone = measure(data, width, args.epochs, args.device, fill=False)
+        runs = [alone]
+        if width > 1:
+            runs.append(measure(data, width, args.epochs, args.device, fill=True))
+        for row in runs:
+            row["same_bits_as_alone"] = row["weights"] == alone["weights"]
+            memory = "-" if row["gpu_memory_gib"] is None else f"{row['gpu_memory_gib']:.1f}"
+            print(
+                f"| {row['width']} | {row['trials']} | {row['ms_per_epoch']:.1f} "
+                f"| {row['epochs_per_s_training']:.0f} | {row['epochs_per_s_wall']:.0f} "
+                f"| {row['first_epoch_s']:.1f} | {memory} | {row['same_bits_as_alone']} |",
+                flush=True,
+            )
+            rows.append(row)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
