@@ -274,13 +274,16 @@ class GroupRunner:
             try:
                 row = _record_epoch(run, group, sums[run.slot], placed.shape[1], when)
                 if run.epoch < run.cfg.n_epochs:
-                    _report(run, row, lambda run=run: training_state(run, group))
+                    state = lambda run=run: training_state(run, group.slot_state(run.slot))  # noqa: E731
+                    _report(run, row, state)
                     still.append((run, on_end))
                     continue
                 # Scored and written beside the group's next epochs, not before them.
                 model_state, optimizer_state = group.slot_state(run.slot)
                 every = run.trial.checkpoint_every
-                state = training_state(run, group) if every and run.epoch % every == 0 else None
+                last_is_checkpoint = every and run.epoch % every == 0
+                snapshot = model_state, optimizer_state
+                state = training_state(run, snapshot) if last_is_checkpoint else None
                 finished = _Finished(run, row, model_state, optimizer_state, state)
                 group.release(run.slot)
                 self._finishing.append(self._pool.submit(self._end, finished, on_end))
@@ -469,12 +472,13 @@ STATE_FORMAT = "fused-1"
 """The layout of a resumable state: one slot of a ``TrialGroup`` (``trainables.fused``)."""
 
 
-def training_state(run: _Slot, group: TrialGroup) -> dict[str, Any]:
+def training_state(run: _Slot, slot_state: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
     """Everything needed to continue a trial bit-for-bit after the epochs it has run.
 
-    No noise state: a step's random numbers are a function of the seed and the step.
+    ``slot_state``: its group's ``slot_state`` of its slot, now. No noise state: a step's
+    random numbers are a function of the seed and the step.
     """
-    model, optimizer = group.slot_state(run.slot)
+    model, optimizer = slot_state
     return {
         "format": STATE_FORMAT,
         "epoch": run.epoch,
@@ -494,16 +498,6 @@ def check_state(state: dict[str, Any]) -> tuple[int, int, list[dict[str, float]]
             "trained in groups, with other numerics); start the trial afresh"
         )
     return state["epoch"], state["step"], [dict(row) for row in state["history"]]
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
 
 
 if __name__ == "__main__":
