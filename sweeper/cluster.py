@@ -1,21 +1,99 @@
-"""Where trials run: connecting to Ray, each trial's GPU share, replicates pinned to nodes."""
+"""Where trials run: connecting to Ray, the sweep's placement, replicates pinned to nodes.
+
+The placement (:func:`plan_placement`) is each trial's resources and GPU share, and whether a
+GPU's trials train in groups on one training host (``trainables.host``).
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sweeper.options import DriverOptions
 from sweeper.spec import LoadedSweep, SweepError
+from trainables.config import PROCESS_WIDE_KEYS
 from trainables.constants import TUNE_REPLICATE
+from trainables.fused import DEFAULT_GPU_GROUP_WIDTH
 from trainables.seeding import determinism_env
 
 DEFAULT_TRIALS_PER_GPU = 4
+"""Trials sharing a GPU, a process each, unless the sweep says otherwise."""
 
 
-def gpus_per_trial(sweep: LoadedSweep, n_gpus: int, n_cpus: float | None = None) -> float:
+@dataclass(frozen=True)
+class Placement:
+    """Where a sweep's trials train, planned once from the sweep and the cluster.
+
+    In groups (``host_slots`` > 0) each GPU has one training host (``trainables.host``) that
+    trains up to ``host_slots`` trials at once in groups of ``group_width``; a trial's Tune
+    worker only relays, so it holds no GPU. Otherwise each trial trains in its own process
+    with ``gpu_share`` of a GPU.
+    """
+
+    n_gpus: int
+    gpu_share: float  # of a GPU, per trial (in groups: the share of its GPU's host)
+    resources: dict[str, float] | Callable[[dict[str, Any]], Any]  # of a trial's Tune worker
+    host_slots: int  # trials a GPU's host trains at once; 0: no hosts
+    group_width: int | None  # the trials' train config group_width
+
+    @property
+    def in_groups(self) -> bool:
+        """Whether trials train on one host per GPU."""
+        return self.host_slots > 0
+
+    def max_concurrent(self, limit: int | None) -> int | None:
+        """Trials at a time: ``limit`` (None: any), never more than the GPUs can hold."""
+        if self.in_groups:
+            fits = max(self.n_gpus, 1) * self.host_slots
+        elif self.n_gpus and self.gpu_share:
+            fits = math.floor(self.n_gpus / self.gpu_share + 1e-9)
+        else:
+            return limit
+        return min(limit or fits, fits)
+
+
+def plan_placement(
+    sweep: LoadedSweep, n_gpus: int, n_cpus: float | None = None, spread: bool = False
+) -> Placement:
+    """Plan where the trials train (``spread``: pin replicates to nodes, for audits).
+
+    A sweep on GPUs trains a GPU's trials in groups, on one host per GPU, unless
+    ``resources.one_process_per_gpu`` says otherwise, an audit pins replicates to nodes, or
+    it searches a setting torch keeps per process (``PROCESS_WIDE_KEYS``). In groups a
+    trial's ``group_width`` is its train config's, or ``DEFAULT_GPU_GROUP_WIDTH``; a trial
+    alone in its process keeps its config's (None: 1).
+
+    Raises:
+        SweepError: ``one_process_per_gpu: true`` with replicates pinned to nodes.
+    """
+    share = gpus_per_trial(sweep, n_gpus, n_cpus)
+    resources = {"cpu": sweep.spec.resources.cpus_per_trial, "gpu": share}
+    pinned = replicates_over_nodes(resources) if spread else None
+    chosen = sweep.spec.resources.one_process_per_gpu
+    per_process = any(k in PROCESS_WIDE_KEYS for k in sweep.spec.search)
+    in_groups = chosen if chosen is not None else n_gpus > 0 and not pinned and not per_process
+    if not in_groups:
+        return Placement(n_gpus, share, pinned or resources, 0, sweep.train.group_width)
+    if pinned:
+        raise SweepError(
+            "resources.one_process_per_gpu runs a GPU's trials in one process, so replicates "
+            "cannot be pinned to nodes: audit across nodes with one process per trial"
+        )
+    width = sweep.train.group_width or DEFAULT_GPU_GROUP_WIDTH
+    slots = sweep.spec.resources.trials_per_gpu or width
+    share = gpus_per_trial(sweep, n_gpus, n_cpus, per_gpu_default=slots)
+    return Placement(n_gpus, share, {**resources, "gpu": 0.0}, slots, width)
+
+
+def gpus_per_trial(
+    sweep: LoadedSweep,
+    n_gpus: int,
+    n_cpus: float | None = None,
+    per_gpu_default: int = DEFAULT_TRIALS_PER_GPU,
+) -> float:
     """The GPU share of one trial, chosen so that concurrent trials spread over all GPUs.
 
     Ray fills GPU 0 with fractional trials before it uses GPU 1. So the share is
@@ -32,9 +110,7 @@ def gpus_per_trial(sweep: LoadedSweep, n_gpus: int, n_cpus: float | None = None)
     if n_cpus is not None:
         limits.append(max(math.floor(n_cpus / resources.cpus_per_trial), 1))
     concurrent = min(limits)
-    per_gpu = min(
-        resources.trials_per_gpu or DEFAULT_TRIALS_PER_GPU, math.ceil(concurrent / n_gpus)
-    )
+    per_gpu = min(resources.trials_per_gpu or per_gpu_default, math.ceil(concurrent / n_gpus))
     return 1.0 / max(per_gpu, 1)
 
 
@@ -141,28 +217,3 @@ def replicates_over_nodes(resources: dict[str, float]) -> Callable | None:
         )
 
     return pinned
-
-
-def start_training_hosts(n_gpus: int, slots: int, data: Any) -> list[Any]:
-    """One ``RayTrainingHost`` actor per GPU (one in all without GPUs), ``slots`` trainings each.
-
-    Ray places each host on a GPU of its own, on whichever node has one. A host that dies is
-    restarted by Ray; its trials fail and are retried like any failed trial.
-
-    Args:
-        n_gpus: GPUs of the sweep.
-        slots: Trials one host trains at once.
-        data: Data shared by every trial (an object reference to a ``PreparedData``), or
-            None. Keep the reference while the hosts live: a restarted host reads it again.
-    """
-    import ray
-
-    from trainables.ray_trainable import RayTrainingHost
-
-    actor = ray.remote(RayTrainingHost).options(
-        num_cpus=0,  # the trials' own CPUs are reserved by their (waiting) Tune workers
-        num_gpus=1 if n_gpus else 0,
-        max_concurrency=2 * slots + 4,  # each trial waits in take() on one thread
-        max_restarts=-1,
-    )
-    return [actor.remote(slots, data) for _ in range(max(n_gpus, 1))]

@@ -9,7 +9,6 @@ seals every file again.
 
 from __future__ import annotations
 
-import math
 import os
 import traceback
 from collections.abc import Callable, Sequence
@@ -20,23 +19,21 @@ from typing import Any
 from ray.tune import Callback
 
 from sweeper.cluster import (
+    Placement,
     connect,
-    gpus_per_trial,
     keep_credentials_out_of_runtime_envs,
-    replicates_over_nodes,
-    start_training_hosts,
+    plan_placement,
     worker_env,
 )
 from sweeper.options import DriverOptions, check_before_ray, discard_unstarted, sweep_dir
 from sweeper.results import Outputs, Summary, collect_results, write_spec_record, write_summary
 from sweeper.search import expand_trials, param_space, searched_values
-from sweeper.spec import LoadedSweep, SweepError
+from sweeper.spec import LoadedSweep
 from sweeper.storage import SweepFolder
 from sweeper.verify.records import Verification
 from sweeper.verify.seal import write_seal
-from trainables.config import PROCESS_WIDE_KEYS
 from trainables.constants import TUNE_REPLICATE, WANDB_CONFIG, WANDB_SUMMARY
-from trainables.fused import DEFAULT_GPU_GROUP_WIDTH
+from trainables.host import TrainingHosts
 from trainables.schema import config_to_dict
 
 TUNE_DRIVER_ENV = {
@@ -58,7 +55,7 @@ OUTPUTS_LOG = "outputs-error.log"
 
 def trial_table(sweep: LoadedSweep, n_gpus: int) -> list[dict[str, Any]]:
     """One row per trial, as the searcher will generate them: for ``--dry-run``."""
-    gpu = gpus_per_trial(sweep, n_gpus)
+    gpu = plan_placement(sweep, n_gpus).gpu_share
     return [
         {
             "trial": i,
@@ -139,7 +136,7 @@ def run_trials(
     created = check_before_ray(sweep, options)
     for key, value in TUNE_DRIVER_ENV.items():
         os.environ.setdefault(key, value)
-    hosts: list[Any] = []
+    hosts: TrainingHosts | None = None
     started = False
     try:
         # Data are prepared once, before Ray starts, and shipped through the object store,
@@ -149,24 +146,12 @@ def run_trials(
         n_gpus, n_cpus, started = connect(options, worker_env(sweep))
         if len([n for n in ray.nodes() if n["Alive"]]) > 1:
             folder.check_visible_from_all_nodes()
+        placement = plan_placement(sweep, n_gpus, n_cpus, options.spread_replicates)
         write_spec_record(folder, sweep, resume=options.resume)
-        gpu = gpus_per_trial(sweep, n_gpus, n_cpus)
-        resources = {"cpu": sweep.spec.resources.cpus_per_trial, "gpu": gpu}
-        if options.spread_replicates:
-            resources = replicates_over_nodes(resources) or resources
-        if trains_in_groups(sweep, n_gpus, pinned=callable(resources)):
-            if callable(resources):
-                raise SweepError(
-                    "resources.one_process_per_gpu runs a GPU's trials in one process, so "
-                    "replicates cannot be pinned to nodes: audit across nodes with one process "
-                    "per trial"
-                )
-            slots = sweep.spec.resources.trials_per_gpu or host_slots(sweep)
-            shared = ray.put(shared) if shared is not None else None  # held while hosts live
-            hosts = start_training_hosts(n_gpus, slots, shared)
-            resources = {**resources, "gpu": 0}  # the trial's worker only relays; its host trains
-            gpu = 1 / slots
-        placement = (n_gpus, gpu, resources)
+        sweep = replace(sweep, train=replace(sweep.train, group_width=placement.group_width))
+        if placement.in_groups:  # the reference is held while the hosts live
+            shared = ray.put(shared) if shared is not None else None
+            hosts = TrainingHosts.start(n_gpus, placement.host_slots, shared)
         ending = ExperimentEnd()
         callbacks = [*extra_callbacks, ending]
         tuner = _make_tuner(sweep, folder, placement, (shared, hosts), options.resume, callbacks)
@@ -179,24 +164,6 @@ def run_trials(
     if ending.unfinished:  # Ctrl-C: Tune stopped the trials and saved its state
         raise SweepInterrupted(f"{ending.unfinished} trial(s) unfinished", folder)
     return collect_results(sweep, folder, grid)
-
-
-def trains_in_groups(sweep: LoadedSweep, n_gpus: int, pinned: bool) -> bool:
-    """Whether the sweep's trials train on one host per GPU, in groups (``trainables.host``).
-
-    ``resources.one_process_per_gpu`` decides where it is set; unset, a sweep on GPUs does,
-    unless an audit pins replicates to nodes or it searches a setting torch keeps per process.
-    """
-    chosen = sweep.spec.resources.one_process_per_gpu
-    if chosen is not None:
-        return chosen
-    per_process = any(k in PROCESS_WIDE_KEYS for k in sweep.spec.search)
-    return n_gpus > 0 and not pinned and not per_process
-
-
-def host_slots(sweep: LoadedSweep) -> int:
-    """Trials a GPU's host trains at once by default: the base config's GPU group width."""
-    return sweep.train.group_width or DEFAULT_GPU_GROUP_WIDTH
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -235,11 +202,11 @@ class ExperimentEnd(Callback):
         self.unfinished = sum(t.trial_id not in self._ended for t in trials)
 
 
-def _stop(hosts: list[Any], started: bool) -> None:
+def _stop(hosts: TrainingHosts | None, started: bool) -> None:
     import ray
 
-    for host in hosts:
-        ray.kill(host)
+    if hosts is not None:
+        hosts.stop()
     if started:
         ray.shutdown()
 
@@ -287,8 +254,8 @@ def publish_outputs(
 def _make_tuner(
     sweep: LoadedSweep,
     folder: SweepFolder,
-    placement: tuple[int, float, Any],
-    shared: tuple[Any, list[Any]],
+    placement: Placement,
+    shared: tuple[Any, TrainingHosts | None],
     resume: bool,
     callbacks: list[Any],
 ):
@@ -303,7 +270,7 @@ def _make_tuner(
     # A trial's W&B config and summary ride on its results; Tune's terminal tables of a
     # trial's last result leave them out, as they leave out its config.
     output.BLACKLISTED_KEYS.update({WANDB_CONFIG, WANDB_SUMMARY})
-    data, hosts = shared  # data prepared once (or None), training hosts (or none)
+    data, hosts = shared  # data prepared once (or None), training hosts (or None)
     trainable = tune.with_parameters(
         tune_trainable,
         base_train=config_to_dict(sweep.train),
@@ -311,12 +278,10 @@ def _make_tuner(
         data=None if hosts else data,  # hosts hold it already
         checkpoint_every=spec.checkpoint_every,
         storage=folder.location,
-        hosts=hosts or None,
+        hosts=hosts,
         wandb=spec.wandb_runs(),
     )
-    # GPUs to use, a trial's GPU share, its resources (a dict, or a callable of its config)
-    n_gpus, gpu, resources = placement
-    trainable = tune.with_resources(trainable, resources)
+    trainable = tune.with_resources(trainable, placement.resources)
     space = param_space(sweep)
     if resume:
         return tune.Tuner.restore(
@@ -334,9 +299,7 @@ def _make_tuner(
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
-    max_concurrent = spec.max_concurrent_trials
-    if gpu and (n_gpus or hosts):  # never more concurrent trials than the GPUs can hold
-        max_concurrent = min(max_concurrent or 10**9, math.floor(max(n_gpus, 1) / gpu + 1e-9))
+    max_concurrent = placement.max_concurrent(spec.max_concurrent_trials)
     return tune.Tuner(
         trainable,
         param_space=space,

@@ -5,7 +5,7 @@ import yaml
 
 from sweeper.cluster import gpus_per_trial
 from sweeper.search import expand_trials, param_space, searched_values
-from sweeper.spec import load_sweep
+from sweeper.spec import SweepError, load_sweep
 from trainables.schema import ConfigError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -216,15 +216,30 @@ def test_gpu_share_spreads_trials_over_all_gpus(
     assert gpus_per_trial(sweep, gpus) == pytest.approx(expected)
 
 
-def test_sweeps_on_gpus_train_in_groups_unless_told_or_they_cannot(tmp_path):
-    from sweeper.driver import trains_in_groups
+def test_sweeps_on_gpus_train_in_groups_unless_told_or_they_cannot(tmp_path, monkeypatch):
+    from sweeper import cluster
 
     unset = load_sweep(write_sweep(tmp_path))
-    assert trains_in_groups(unset, n_gpus=1, pinned=False)
-    assert not trains_in_groups(unset, n_gpus=0, pinned=False)  # CPU trials: a process each
-    assert not trains_in_groups(unset, n_gpus=2, pinned=True)  # an audit across nodes
+    grouped = cluster.plan_placement(unset, n_gpus=1)
+    assert (grouped.in_groups, grouped.group_width, grouped.host_slots) == (True, 16, 16)
+    assert grouped.resources["gpu"] == 0  # a trial's worker relays; its GPU's host trains
+    on_cpus = cluster.plan_placement(unset, n_gpus=0)
+    assert not on_cpus.in_groups and on_cpus.group_width is None  # a process each, width 1
     searched = load_sweep(write_sweep(tmp_path, search={"deterministic": {"grid": [True, False]}}))
-    assert not trains_in_groups(searched, n_gpus=1, pinned=False)
+    assert not cluster.plan_placement(searched, n_gpus=1).in_groups
     for chosen in (True, False):
         told = load_sweep(write_sweep(tmp_path, resources={"one_process_per_gpu": chosen}))
-        assert trains_in_groups(told, n_gpus=0, pinned=False) is chosen
+        assert cluster.plan_placement(told, n_gpus=0).in_groups is chosen
+    narrow = {"train": {"group_width": 4}, "resources": {"trials_per_gpu": 6}}
+    wide = load_sweep(write_sweep(tmp_path, **narrow))
+    assert cluster.plan_placement(wide, n_gpus=2).group_width == 4
+    assert cluster.plan_placement(wide, n_gpus=2).max_concurrent(None) == 12  # 6 per GPU
+
+    def two_nodes(resources):  # an audit across nodes pins replicates
+        return lambda config: None
+
+    monkeypatch.setattr(cluster, "replicates_over_nodes", two_nodes)
+    assert not cluster.plan_placement(unset, n_gpus=2, spread=True).in_groups
+    told = load_sweep(write_sweep(tmp_path, resources={"one_process_per_gpu": True}))
+    with pytest.raises(SweepError, match="replicates cannot be pinned"):
+        cluster.plan_placement(told, n_gpus=2, spread=True)

@@ -1,4 +1,4 @@
-"""A GPU's trials in one process, trained in groups: what a sweep's training host runs.
+"""A GPU's trials in one process, trained in groups: a sweep's training hosts.
 
 A :class:`TrainingHost` takes trainings (:meth:`TrainingHost.start`) and trains them in one
 thread of its own: trainings of one shape join one group (``trainables.train.GroupRunner``,
@@ -6,7 +6,10 @@ thread of its own: trainings of one shape join one group (``trainables.train.Gro
 batched computation; trainings of other shapes get groups of their own, stepped in turn. It
 queues what each training reports; whoever started a training collects its epochs with
 :meth:`TrainingHost.take`. Every training ends with the bits it has when it trains alone.
-No Ray here: the sweep runs one host per GPU as a Ray actor (``trainables.ray_trainable``).
+
+:class:`TrainingHost` needs no Ray. A sweep runs one per GPU as a Ray actor
+(:class:`TrainingHosts`); a trial's Tune worker starts its training on the least busy one and
+relays what it reports (:meth:`TrainingHosts.train`).
 """
 
 from __future__ import annotations
@@ -14,19 +17,21 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from trainables.concurrency import Lane
 from trainables.config import PROCESS_WIDE_KEYS, DataConfig, TrainConfig
 from trainables.fused import GroupShape
 from trainables.prepared import PreparedData
-from trainables.train import GroupRunner, Trial
+from trainables.run_record import RunResult
+from trainables.train import GroupRunner, Report, Trial
 
 ORPHAN_AFTER_S = 120.0
 """A training whose epochs nobody has taken for this long is stopped (its caller is gone)."""
+HOST_WAIT_S = 5.0
+"""How long a trial waits for a free slot on a training host before it takes one beyond."""
 
 
 class Cancelled(Exception):
@@ -72,7 +77,6 @@ class TrainingHost:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._runners: list[GroupRunner] = []  # kept, with their compiled code, for the next
-        self._lanes: dict[str, Lane] = {}
         self._thread: threading.Thread | None = None
 
     def running(self) -> int:
@@ -197,9 +201,7 @@ class TrainingHost:
         for runner in self._runners:
             if runner.shape == shape and runner.prepared is data and runner.has_room():
                 return runner
-        if shape.device not in self._lanes:
-            self._lanes[shape.device] = Lane(torch.device(shape.device))
-        runner = GroupRunner(shape, data, self._lanes[shape.device])
+        runner = GroupRunner(shape, data)
         self._runners.append(runner)
         return runner
 
@@ -209,3 +211,109 @@ class TrainingHost:
             return
         kind = "failed" if isinstance(outcome, BaseException) else "done"
         training.items.put((kind, outcome))
+
+
+class RayTrainingHost(TrainingHost):
+    """A :class:`TrainingHost` that can say where it runs (a Ray actor, one per GPU)."""
+
+    def where(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """This host's ``node_info()`` and ``get_environment_info()``."""
+        from trainables.provenance import get_environment_info
+        from trainables.ray_trainable import node_info
+
+        return node_info(), get_environment_info()
+
+
+@dataclass(frozen=True)
+class TrainingHosts:
+    """A sweep's training hosts: one :class:`RayTrainingHost` actor per GPU.
+
+    Tune gives each trial function this object; its :meth:`train` trains the trial on a host.
+    """
+
+    actors: tuple[Any, ...]
+
+    @classmethod
+    def start(cls, n_gpus: int, slots: int, data: Any) -> TrainingHosts:
+        """One host per GPU (one in all without GPUs), ``slots`` trainings each.
+
+        Ray places each host on a GPU of its own, on whichever node has one. A host that dies
+        is restarted by Ray; its trials fail and are retried like any failed trial.
+
+        Args:
+            n_gpus: GPUs of the sweep.
+            slots: Trials one host trains at once.
+            data: Data shared by every trial (an object reference to a ``PreparedData``), or
+                None. Keep the reference while the hosts live: a restarted host reads it again.
+        """
+        import ray
+
+        actor = ray.remote(RayTrainingHost).options(
+            num_cpus=0,  # the trials' own CPUs are reserved by their (waiting) Tune workers
+            num_gpus=1 if n_gpus else 0,
+            max_concurrency=2 * slots + 4,  # each trial waits in take() on one thread
+            max_restarts=-1,
+        )
+        return cls(tuple(actor.remote(slots, data) for _ in range(max(n_gpus, 1))))
+
+    def stop(self) -> None:
+        """End every host (their trainings with them)."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+    def train(
+        self,
+        key: str,
+        args: tuple,
+        report: Report,
+        started: Callable[[dict[str, Any], dict[str, Any]], None],
+    ) -> RunResult:
+        """Train on the least busy host; pass its epochs to ``report``; return the result.
+
+        Args:
+            key: Names the training on its host (the trial's id).
+            args: ``TrainingHost.start``'s arguments after the key.
+            report: Called with each epoch the training reports.
+            started: Called first, with the node and environment the training runs in.
+
+        Raises:
+            Exception: What the training raised.
+        """
+        import ray
+
+        host, key = self._start(f"{key}-{uuid.uuid4().hex[:8]}", args)  # a key per attempt
+        try:
+            started(*ray.get(host.where.remote()))
+            while True:
+                for item in ray.get(host.take.remote(key)):
+                    if item[0] == "epoch":
+                        report(*item[1:])
+                    elif item[0] == "done":
+                        return item[1]
+                    else:
+                        raise item[1]
+        finally:  # stopped, failed or done: free the slot (a no-op once the training has ended)
+            host.cancel.remote(key)
+
+    def _start(self, key: str, args: tuple) -> tuple[Any, str]:
+        """Start a training on the least busy host.
+
+        Tune runs no more trials at once than the hosts have slots, so a free slot is normally
+        there; a full host means a training of a dead trial worker still holds it (until the
+        host finds it orphaned). After ``HOST_WAIT_S`` the training starts beyond the slots.
+        """
+        import ray
+
+        deadline = time.monotonic() + HOST_WAIT_S
+        while True:
+            loads = ray.get([host.running.remote() for host in self.actors])
+            order = sorted(range(len(self.actors)), key=loads.__getitem__)
+            for i in order:
+                if ray.get(self.actors[i].start.remote(key, *args)):
+                    return self.actors[i], key
+            if time.monotonic() > deadline:
+                ray.get(self.actors[order[0]].start.remote(key, *args, beyond_slots=True))
+                return self.actors[order[0]], key
+            time.sleep(0.5)

@@ -1,8 +1,8 @@
-"""The Ray Tune adapter: a trial config -> validated configs -> ``train(report=tune.report)``.
+"""The Ray Tune adapter: a trial config -> validated configs -> train -> ``tune.report``.
 
-A trial trains in its own process, or, where the sweep runs one process per GPU, asks that
-GPU's :class:`TrainingHost` actor to train it beside the GPU's other trials and relays what the
-host reports. Everything else a trial does lives in plain functions that run without Ray.
+A trial trains in its own process, or, where the sweep trains in groups, on its GPU's training
+host beside the GPU's other trials (``trainables.host.TrainingHosts``). Everything else a trial
+does lives in plain functions that run without Ray.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import os
 import posixpath
 import socket
 import tempfile
-import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,14 +31,13 @@ from trainables.constants import (
     WANDB_SUMMARY,
 )
 from trainables.files import atomic_torch_save, load_torch, storage_filesystem
-from trainables.host import TrainingHost
+from trainables.host import TrainingHosts
 from trainables.prepared import PreparedData
 from trainables.provenance import get_environment_info
 from trainables.run_record import (
     Environment,
     RunConfigs,
     RunRecord,
-    RunResult,
     TrialInfo,
     write_run,
 )
@@ -51,7 +48,7 @@ from trainables.schema import (
     parse_record,
     record_from_dict,
 )
-from trainables.train import Report, train
+from trainables.train import train
 from trainables.wandb_run import (
     SweepRuns,
     metadata_config,
@@ -59,9 +56,6 @@ from trainables.wandb_run import (
     record_wandb_config,
     wandb_config,
 )
-
-HOST_WAIT_S = 5.0
-"""How long a trial waits for a free slot on a training host before it takes one beyond."""
 
 
 def trial_configs(
@@ -114,61 +108,6 @@ def earlier_record(storage: str | None) -> RunRecord | None:
     return record if trial_id == tune.get_context().get_trial_id() and synced else None
 
 
-class RayTrainingHost(TrainingHost):
-    """A :class:`TrainingHost` that can say where it runs (a Ray actor, one per GPU)."""
-
-    def where(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """This host's ``node_info()`` and ``get_environment_info()``."""
-        return node_info(), get_environment_info()
-
-
-def start_on_host(hosts: list[Any], args: tuple) -> tuple[Any, str]:
-    """Start a training on the least busy of ``hosts`` (``RayTrainingHost`` actors).
-
-    Tune runs no more trials at once than the hosts have slots, so a free slot is normally
-    there; a full host means a training of a dead trial worker still holds it (until the host
-    finds it orphaned). After ``HOST_WAIT_S`` the training starts beyond the slots.
-
-    Args:
-        hosts: The sweep's hosts, one per GPU.
-        args: ``TrainingHost.start``'s arguments after the key.
-
-    Returns:
-        The host and the training's key there.
-    """
-    key = f"{tune.get_context().get_trial_id()}-{uuid.uuid4().hex[:8]}"  # one per attempt
-    deadline = time.monotonic() + HOST_WAIT_S
-    while True:
-        loads = ray.get([host.running.remote() for host in hosts])
-        order = sorted(range(len(hosts)), key=loads.__getitem__)
-        for i in order:
-            if ray.get(hosts[i].start.remote(key, *args)):
-                return hosts[i], key
-        if time.monotonic() > deadline:
-            ray.get(hosts[order[0]].start.remote(key, *args, beyond_slots=True))
-            return hosts[order[0]], key
-        time.sleep(0.5)
-
-
-def relay(host: Any, key: str, report: Report) -> RunResult:
-    """Pass training ``key``'s epochs on ``host`` to ``report``; return its result.
-
-    Raises:
-        Exception: What the training raised.
-    """
-    try:
-        while True:
-            for item in ray.get(host.take.remote(key)):
-                if item[0] == "epoch":
-                    report(*item[1:])
-                elif item[0] == "done":
-                    return item[1]
-                else:
-                    raise item[1]
-    finally:  # stopped, failed or done: free the slot (a no-op once the training has ended)
-        host.cancel.remote(key)
-
-
 def tune_trainable(
     config: dict[str, Any],
     base_train: dict[str, Any],
@@ -176,7 +115,7 @@ def tune_trainable(
     data: PreparedData | None = None,
     checkpoint_every: int = 0,
     storage: str | None = None,
-    hosts: list[Any] | None = None,
+    hosts: TrainingHosts | None = None,
     wandb: SweepRuns | None = None,
 ) -> None:
     """Run one trial: train, report every epoch, checkpoint, write run.json + model.pt.
@@ -193,7 +132,7 @@ def tune_trainable(
             (through the on-disk cache).
         checkpoint_every: Report a resumable checkpoint every this many epochs (0: never).
         storage: The sweep folder (path or URI), where an earlier attempt's run.json would be.
-        hosts: ``RayTrainingHost`` actors, one per GPU, to train on (None: train here).
+        hosts: The sweep's training hosts, one per GPU, to train on (None: train here).
         wandb: The sweep's W&B runs (None: W&B is off); ``run.json`` records the trial's.
     """
     train_cfg, data_cfg, replicate = trial_configs(config, base_train, base_data)
@@ -223,17 +162,16 @@ def tune_trainable(
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = load_torch(Path(folder) / CHECKPOINT_FILE, weights_only=False)
-    host = None
-    if hosts:  # W&B's config and run.json describe where the training runs
-        host, key = start_on_host(hosts, (train_cfg, data_cfg, checkpoint_every, resume))
-        node, environment = ray.get(host.where.remote())
-    else:
-        node, environment = node_info(), get_environment_info()
     first = {}  # the W&B config known before training: configs, environment, node
-    if wandb is not None:
-        configs = RunConfigs(config_to_dict(train_cfg), config_to_dict(data_cfg))
-        env = record_from_dict(Environment, environment)
-        first[WANDB_CONFIG] = wandb_config(configs, env, node=node)
+    node: dict[str, Any] = {}
+
+    def started(where: dict[str, Any], environment: dict[str, Any]) -> None:
+        node.update(where)  # W&B's config and run.json describe where the training runs
+        if wandb is not None:
+            configs = RunConfigs(config_to_dict(train_cfg), config_to_dict(data_cfg))
+            env = record_from_dict(Environment, environment)
+            first[WANDB_CONFIG] = wandb_config(configs, env, node=where)
+
     held: list[tuple[dict[str, Any], dict[str, Any] | None]] = []  # the last epoch's result
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
@@ -244,9 +182,11 @@ def tune_trainable(
         else:
             send(row, state)
 
-    if host:
-        result = relay(host, key, report)
+    if hosts is not None:
+        args = (train_cfg, data_cfg, checkpoint_every, resume)
+        result = hosts.train(trial_id, args, report, started)
     else:
+        started(node_info(), get_environment_info())
         result = train(
             train_cfg,
             data if data is not None else data_cfg,
