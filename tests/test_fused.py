@@ -204,7 +204,7 @@ def test_a_trial_joining_a_running_group_has_its_bits(group_config, tiny_data):
     (alone,) = train_group([Trial(group_config)], tiny_data)
     shape = GroupRunner.shape_of(group_config, tiny_data)
     ends = {}
-    runner = GroupRunner(shape, tiny_data, Lane(torch.device("cpu")))
+    runner = GroupRunner(shape, tiny_data)
     early = dataclasses.replace(group_config, seed=3, n_epochs=5)
     runner.add(Trial(early), lambda r: ends.setdefault("early", r))
     runner.run_epoch()
@@ -242,3 +242,22 @@ def test_trials_of_other_shapes_or_too_many_are_refused(group_config, tiny_data)
         train_group([Trial(group_config), Trial(wider)], tiny_data)
     with pytest.raises(ValueError, match="do not fit a group of width 4"):
         train_group([Trial(group_config)] * 5, tiny_data)
+
+
+def test_a_kept_group_trains_the_next_trials_with_the_bits_of_a_new_one(group_config, tiny_data):
+    from trainables import train as training
+
+    cfg = dataclasses.replace(group_config, group_width=2)
+    first = train(cfg, tiny_data)
+    kept = training._IDLE_RUNNERS[-1]
+    assert train(cfg, tiny_data).fingerprint == first.fingerprint  # on the kept group
+    assert training._IDLE_RUNNERS[-1] is kept
+    flipped = dataclasses.replace(tiny_data.train, counts=tiny_data.train.counts[::-1].copy())
+    other = dataclasses.replace(tiny_data, train=flipped)  # same sizes, other cells' order
+    on_kept = train(cfg, other)
+    assert training._IDLE_RUNNERS[-1] is kept and kept.prepared is other
+    training._IDLE_RUNNERS.clear()
+    fresh = train(cfg, other)
+    assert training._IDLE_RUNNERS[-1] is not kept
+    assert on_kept.fingerprint == fresh.fingerprint != first.fingerprint
+    assert train(cfg, tiny_data).fingerprint == first.fingerprint  # and back

@@ -67,7 +67,7 @@ def test_trainings_side_by_side_in_one_process_keep_their_bits(gpu_config, tiny_
     """Eight trainings in one group of 16 on one GPU (other seeds, rates, slots) end as alone."""
     from trainables.host import TrainingHost
 
-    cfg = dataclasses.replace(gpu_config, cuda_graphs=graphs, n_epochs=6)
+    cfg = dataclasses.replace(gpu_config, cuda_graphs=graphs, n_epochs=6, group_width=16)
     rates = (1e-3, 3e-3)
     configs = {
         f"t{i}": dataclasses.replace(cfg, seed=i % 3, learning_rate=rates[i % 2]) for i in range(8)
@@ -94,7 +94,7 @@ def test_trainings_side_by_side_in_one_process_keep_their_bits(gpu_config, tiny_
 def test_a_checkpoint_taken_beside_other_trainings_resumes_bit_for_bit(gpu_config, tiny_data):
     from trainables.host import TrainingHost
 
-    cfg = dataclasses.replace(gpu_config, n_epochs=6)
+    cfg = dataclasses.replace(gpu_config, n_epochs=6, group_width=16)
     host = TrainingHost(slots=4, data=tiny_data)
     for i in range(4):
         seed = cfg.seed + i  # t0 is cfg

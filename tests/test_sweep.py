@@ -249,9 +249,12 @@ def test_one_process_per_gpu_trains_side_by_side_with_the_bits_of_a_lone_run(ray
     pids = [r["trial"]["node"]["pid"] for r in records.values()]
     assert len(set(pids)) <= 2 < len(pids)  # one process per (fake) GPU trained its trials
     assert all(len(r["trial"]["node"]["gpu_ids"]) == 1 for r in records.values())
+    widths = {r["config"]["train"]["group_width"] for r in records.values()}
+    assert widths == {16}  # the sweep's groups set the width its records hold
     data = prepare_data(sweep.data)
     for seed in (0, 1):
-        alone = train(dataclasses.replace(sweep.train, seed=seed), data).fingerprint.digests
+        cfg = dataclasses.replace(sweep.train, seed=seed, group_width=16)
+        alone = train(cfg, data).fingerprint.digests
         assert [t.fingerprint for t in summary.trials if t.seed == seed] == [alone] * 2
 
 

@@ -2,12 +2,12 @@
 
 A process may run several trainings: a sweep's training host steps a group per shape
 (``trainables.host``), and ``train()`` may be called from several threads. Each group warms up,
-captures and replays its CUDA graph on a *lane*: streams no other running group uses. cuBLAS
-keys its workspace by stream and a captured graph keeps the workspaces of the streams it was
-captured on, so two groups replaying graphs captured on one stream race on a workspace
-(measured: other bits). Lanes are made once and handed out again when free: cuBLAS keeps a
-workspace for every stream it has run on for the life of the process (32 MiB each), so new
-streams per training would grow a reused process's memory without end.
+captures and replays its CUDA graph on a *lane*: streams of its own. cuBLAS keys its workspace
+by stream and a captured graph keeps the workspaces of the streams it was captured on, so two
+groups replaying graphs captured on one stream race on a workspace (measured: other bits).
+cuBLAS keeps a workspace for every stream it has run on for the life of the process (32 MiB
+each), so a lane lives as long as its group, and groups are kept for the next trials of their
+shape (``trainables.train.GroupRunner``) rather than made anew per training.
 
 :data:`PROCESS_LOCK` is held wherever a training touches process-wide state: seeding and
 parameter initialisation, compilation, graph capture. Random numbers need no lock: they are
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +29,7 @@ PROCESS_LOCK = threading.RLock()
 
 @dataclass
 class Lane:
-    """CUDA streams of one running group: its main stream, and streams for capture and warm-up.
+    """CUDA streams of one group: its main stream, and streams for capture and warm-up.
 
     All are None on the CPU.
     """
@@ -45,33 +43,6 @@ class Lane:
         if self.device.type == "cuda":
             with torch.cuda.device(self.device):
                 self.main, self.capture, self.warmup = (new_stream() for _ in range(3))
-
-
-_FREE_LANES: dict[torch.device, list[Lane]] = {}
-
-
-@contextmanager
-def lane(device: torch.device) -> Iterator[Lane]:
-    """A lane on ``device`` that no other training holds until this context ends.
-
-    On CUDA, the body runs with the lane's main stream as the thread's current stream.
-    """
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    with PROCESS_LOCK:
-        free = _FREE_LANES.setdefault(device, [])
-        held = free.pop() if free else Lane(device)
-    try:
-        if held.main is None:
-            yield held
-        else:
-            with torch.cuda.stream(held.main):
-                yield held
-    finally:
-        if held.main is not None:
-            held.main.synchronize()  # nothing of this training may still run on a lane reused
-        with PROCESS_LOCK:
-            _FREE_LANES[device].append(held)
 
 
 def host_values(values: Tensor) -> list[float]:

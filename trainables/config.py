@@ -141,7 +141,12 @@ PROCESS_WIDE_KEYS = ("deterministic", "cpu_threads", "cuda_matmul_precision")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Seed, determinism, schedule and loss weights of one training run."""
+    """Seed, determinism, schedule and loss weights of one training run.
+
+    ``group_width``: the slots of the batched computation the run trains in
+    (``trainables.fused``); its bits depend on it. None trains alone at width 1; a sweep that
+    trains a GPU's trials in groups sets it (``DEFAULT_GPU_GROUP_WIDTH``, 16) and records it.
+    """
 
     seed: int = 42
     deterministic: bool = True
@@ -158,7 +163,7 @@ class TrainConfig:
     cuda_matmul_precision: CudaMatmulPrecision = "ieee"  # tf32: faster, other bits
     cuda_graphs: bool = True  # on a GPU, replay each epoch of steps from one CUDA graph
     compile: bool = True  # on a GPU, fuse the loss's kernels with torch.compile
-    group_width: int | None = None  # slots of the batched computation; None: 1 CPU, 16 GPU
+    group_width: int | None = None  # slots of the batched computation (see above)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -193,7 +198,7 @@ class TrainConfig:
             self.group_width is None or self.group_width >= 1,
             "group_width",
             self.group_width,
-            "an integer >= 1, or null for the device's default (1 on a CPU, 16 on a GPU)",
+            "an integer >= 1, or null (1 alone; a sweep's groups set it)",
         )
 
 

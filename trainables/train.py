@@ -15,17 +15,18 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.concurrency import PROCESS_LOCK, Lane, host_values, lane
+from trainables.concurrency import PROCESS_LOCK, Lane, host_values
 from trainables.config import DataConfig, TrainConfig
 from trainables.fingerprint import fingerprint
 from trainables.fused import (
-    DEFAULT_GPU_GROUP_WIDTH,
     N_TRAIN_SUMS,
     GroupShape,
     TrialGroup,
@@ -187,17 +188,19 @@ class GroupRunner:
 
     A trial joins (:meth:`add`) between epochs, trains one epoch per :meth:`run_epoch` beside
     the others and leaves when it ends: done, failed (a non-finite loss, its ``report``
-    raising) or cancelled. The group and its compiled code stay for the next trials.
+    raising) or cancelled. The group, its compiled code and its CUDA graph stay for the next
+    trials, on these data or on others of the same sizes (:meth:`load`). Its CUDA streams
+    (``lane``) are its own: no other group replays a graph captured on them.
 
     Args:
         shape: The group's shape (``shape_of``).
         prepared: The data its trials train on.
-        streams: The CUDA streams it captures and warms up on.
     """
 
-    def __init__(self, shape: GroupShape, prepared: PreparedData, streams: Lane):
-        self.shape, self.prepared, self.streams = shape, prepared, streams
+    def __init__(self, shape: GroupShape, prepared: PreparedData):
+        self.shape, self.prepared = shape, prepared
         self.device = torch.device(shape.device)
+        self.lane = Lane(self.device)
         self.train_set = DeviceSplit.from_split(prepared.train, self.device)
         self.val_set = DeviceSplit.from_split(prepared.val, self.device)
         self.group: TrialGroup | None = None
@@ -210,9 +213,40 @@ class GroupRunner:
     def shape_of(cfg: TrainConfig, prepared: PreparedData) -> GroupShape:
         """The group shape a trial trains in, on these data."""
         device = resolve_device(cfg.device)
-        cfg = replace(cfg, group_width=group_width(cfg, device))
+        cfg = replace(cfg, group_width=cfg.group_width or 1)
         sizes = (prepared.n_genes, prepared.n_bio, prepared.n_tech)
         return GroupShape.of(cfg, (*sizes, prepared.train.n_cells, prepared.val.n_cells), device)
+
+    def can_load(self, prepared: PreparedData) -> bool:
+        """Whether :meth:`load` can put these data in place of the group's."""
+        ours = (self.prepared.train, self.prepared.val)
+        return self.shape_of_data(prepared) == self.shape_of_data(self.prepared) and all(
+            np.asarray(a).dtype == np.asarray(b).dtype
+            for mine, theirs in zip(ours, (prepared.train, prepared.val), strict=True)
+            for a, b in zip(_arrays(mine), _arrays(theirs), strict=True)
+        )
+
+    def load(self, prepared: PreparedData) -> None:
+        """Train on other data of the same sizes and dtypes from now on (``can_load``).
+
+        Copied into the group's device tensors, where its CUDA graph reads them: a trial
+        gets the bits it would get from a new group on these data.
+        """
+        if prepared is self.prepared:
+            return
+        if self.running or not self.can_load(prepared):
+            raise ValueError("the group cannot take these data now")
+        for device_split, split in ((self.train_set, prepared.train), (self.val_set, prepared.val)):
+            for tensor, array in zip(device_split.tensors(), _arrays(split), strict=True):
+                tensor.copy_(torch.from_numpy(np.array(array)))
+        self.prepared = prepared
+
+    @staticmethod
+    def shape_of_data(prepared: PreparedData) -> tuple[tuple[int, ...], ...]:
+        """The array shapes of the data's splits."""
+        return tuple(
+            np.shape(a) for split in (prepared.train, prepared.val) for a in _arrays(split)
+        )
 
     def has_room(self) -> bool:
         """Whether a slot is free."""
@@ -243,7 +277,7 @@ class GroupRunner:
             model = InVAE(*n_features, cfg.model).to(self.device)
         if self.group is None:
             tensors = self.train_set.tensors(), self.val_set.tensors()
-            self.group = TrialGroup(self.shape, *tensors, model, self.streams)
+            self.group = TrialGroup(self.shape, *tensors, model, self.lane)
         started = trial.started or (time.perf_counter(), time.time())
         generator = torch_generator(cfg.seed, self.device)
         run = _Slot(trial, cfg, -1, seeding, generator, started)
@@ -331,14 +365,44 @@ def train_group(trials: list[Trial], prepared: PreparedData) -> list[RunResult |
     if len(trials) > shape.width:
         raise ValueError(f"{len(trials)} trials do not fit a group of width {shape.width}")
     outcomes: list[RunResult | Exception | None] = [None] * len(trials)
-    with lane(torch.device(shape.device)) as streams:
-        runner = GroupRunner(shape, prepared, streams)
+    runner = _idle_runner(shape, prepared) or GroupRunner(shape, prepared)
+    on_its_stream = torch.cuda.stream(runner.lane.main) if runner.lane.main else nullcontext()
+    with on_its_stream:
         for i, trial in enumerate(trials):
             runner.add(trial, lambda outcome, i=i: outcomes.__setitem__(i, outcome))
         while runner.running:
             runner.run_epoch()
         runner.wait()
+    if runner.lane.main is not None:
+        runner.lane.main.synchronize()  # nothing of these trials may run on when it is reused
+    with PROCESS_LOCK:
+        _IDLE_RUNNERS.append(runner)
+        del _IDLE_RUNNERS[:-IDLE_RUNNERS_KEPT]
     return outcomes
+
+
+IDLE_RUNNERS_KEPT = 4
+"""Groups a process keeps after :func:`train_group` for the next trials of their shapes."""
+_IDLE_RUNNERS: list[GroupRunner] = []  # the most recently used last
+
+
+def _idle_runner(shape: GroupShape, prepared: PreparedData) -> GroupRunner | None:
+    """A kept group of this shape that can take these data, taken out of the kept ones.
+
+    A process that trains trial after trial (Ray reuses its workers) then compiles and
+    captures once per shape, and its GPU memory stays that of one group per shape.
+    """
+    with PROCESS_LOCK:
+        for i, runner in enumerate(reversed(_IDLE_RUNNERS)):
+            if runner.shape == shape and runner.can_load(prepared):
+                del _IDLE_RUNNERS[len(_IDLE_RUNNERS) - 1 - i]
+                runner.load(prepared)
+                return runner
+    return None
+
+
+def _arrays(split: Split) -> tuple[Any, Any, Any]:
+    return split.counts, split.bio, split.tech
 
 
 def _record_epoch(
@@ -415,13 +479,6 @@ def _finish(finished: _Finished, runner: GroupRunner) -> RunResult:
             ),
         },
     )
-
-
-def group_width(cfg: TrainConfig, device: torch.device) -> int:
-    """The group width a run trains at: its config's, or the device's default."""
-    if cfg.group_width is not None:
-        return cfg.group_width
-    return DEFAULT_GPU_GROUP_WIDTH if device.type == "cuda" else 1
 
 
 def minibatches(n_cells: int, batch_size: int, generator: torch.Generator, device) -> Tensor:
