@@ -19,15 +19,16 @@ import statistics
 import time
 
 import torch
+import yaml
 
 from trainables.config import DataConfig, load_train_config
 from trainables.data import prepare_data
 from trainables.train import Trial, train_group
 
 
-def measure(data, width: int, epochs: int, device: str, fill: bool) -> dict:
+def measure(data, width: int, epochs: int, device: str, fill: bool, overrides: dict) -> dict:
     """Train one trial alone (``fill`` False) or ``width`` trials in a group of ``width``."""
-    base = load_train_config(overrides={"device": device, "n_epochs": epochs})
+    base = load_train_config(overrides={**overrides, "device": device, "n_epochs": epochs})
     base = dataclasses.replace(base, group_width=width)
     configs = [base]
     if fill:
@@ -66,13 +67,21 @@ def main() -> None:
     parser.add_argument("--widths", default="1,8,16,32")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a train config override (YAML value), e.g. compile=false",
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.epochs < 4:
         parser.error("--epochs must be >= 4 (the first two epochs compile and capture)")
     data = prepare_data(DataConfig())
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device={name} torch={torch.__version__} cuda={torch.version.cuda}")
+    print(f"device={name} torch={torch.__version__} cuda={torch.version.cuda} {args.set}")
     print(
         "| W | trials | ms/epoch | epochs/s training | epochs/s wall | first epoch s "
         "| GPU GiB | slot bits = alone |"
@@ -80,10 +89,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for width in (int(w) for w in args.widths.split(",")):
-        alone = measure(data, width, args.epochs, args.device, fill=False)
+        alone = measure(data, width, args.epochs, args.device, False, overrides)
         runs = [alone]
         if width > 1:
-            runs.append(measure(data, width, args.epochs, args.device, fill=True))
+            runs.append(measure(data, width, args.epochs, args.device, True, overrides))
         for row in runs:
             row["same_bits_as_alone"] = row["weights"] == alone["weights"]
             memory = "-" if row["gpu_memory_gib"] is None else f"{row['gpu_memory_gib']:.1f}"

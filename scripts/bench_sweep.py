@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from sweeper.driver import run_sweep
 from sweeper.options import DriverOptions
@@ -87,27 +88,30 @@ class GpuSampler:
 
 
 def run_packing(
-    k: int, n_trials: int, epochs: int, storage: Path, process: str, precision: str
+    k: int, n_trials: int, epochs: int, storage: Path, process: str, train: dict[str, object]
 ) -> dict:
     """One sweep of ``n_trials`` trials with at most ``k`` per GPU; return its figures.
 
-    ``process``: "per-trial" or "per-gpu" (``resources.one_process_per_gpu``); ``precision``:
-    the trials' ``cuda_matmul_precision``.
+    ``process``: "per-trial" (a process per trial, each training alone: ``group_width`` 1)
+    or "per-gpu" (``resources.one_process_per_gpu``: a GPU's trials in groups of
+    ``group_width``, 16 unless ``train`` says otherwise); ``train``: train config overrides.
     """
+    width = 1 if process == "per-trial" else train.get("group_width", 16)
     overrides = {
         "seeds": list(range(n_trials)),
         "replicates": 1,
         "search": {},
         "num_samples": 1,
         "train.n_epochs": epochs,
-        "train.cuda_matmul_precision": precision,
+        **{f"train.{key}": value for key, value in train.items()},
+        "train.group_width": width,
         "resources.trials_per_gpu": k,
         "resources.cpus_per_trial": 0.5,
         "resources.one_process_per_gpu": process == "per-gpu",
         "checkpoint_every": 0,
         "wandb.mode": "disabled",
         "outputs.best_n": 0,
-        "name": f"pack-{k}-{n_trials}-{process}",
+        "name": f"pack-{k}-{n_trials}-{process}-{len(list(storage.iterdir()))}",
         "storage_path": str(storage),
     }
     sweep = load_sweep(CONFIG, overrides)
@@ -123,16 +127,20 @@ def run_packing(
         statistics.median(t["epoch_s"][1:] or t["epoch_s"]) for t in timings
     )
     ends = [t["epoch_end_unix"] for t in timings]
+    lags = [t["finished_unix"] - e[-1] for t, e in zip(timings, ends, strict=True)]
     window = (max(e[0] for e in ends), min(e[-1] for e in ends))  # all trials training
     return {
         "process": process,
         "trials_per_gpu": k,
-        "precision": precision,
+        "group_width": width,
+        "train": " ".join(f"{key}={value}" for key, value in train.items()) or "-",
         "trials": n_trials,
         "completed": summary.n_completed,
         "together_epochs_per_s": together_rate(ends, window) if n_trials == slots else None,
         "span_epochs_per_s": n_trials * epochs / span,
         "per_trial_s_per_epoch": per_trial,
+        "first_epoch_s": statistics.median(t["epoch_s"][0] for t in timings),
+        "finish_lag_s_max": max(lags),  # last epoch's end to the trial's result
         "gpu_mem_per_trial_mb": sampler.memory_mb / slots,
         "torch_peak_per_process_mb": max(t["max_gpu_memory_bytes"] or 0 for t in timings) / 2**20,
         "gpu_util_mean_pct": statistics.fmean(sampler.samples) if sampler.samples else None,
@@ -160,11 +168,16 @@ def main() -> None:
         "--process", default="per-trial", help="per-trial, per-gpu or per-trial,per-gpu"
     )
     parser.add_argument(
-        "--cuda-matmul-precision", default="ieee", help="the trials' float32 matmuls: ieee, tf32"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a train config override for every sweep (YAML value), e.g. compile=false",
     )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
 
+    train = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     storage = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     runs = [
         (process, k, args.trials or k)
@@ -175,9 +188,7 @@ def main() -> None:
         runs.append(("per-trial", 1, args.sequential))
     rows = []
     for process, k, n_trials in runs:
-        rows.append(
-            run_packing(k, n_trials, args.epochs, storage, process, args.cuda_matmul_precision)
-        )
+        rows.append(run_packing(k, n_trials, args.epochs, storage, process, train))
         print_table(rows)  # after every sweep: a cut-short run keeps what it measured
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
