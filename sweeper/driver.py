@@ -29,7 +29,8 @@ from sweeper.cluster import (
 )
 from sweeper.options import DriverOptions, check_before_ray, discard_unstarted, sweep_dir
 from sweeper.results import Outputs, Summary, collect_results, write_spec_record, write_summary
-from sweeper.search import expand_trials, param_space, searched_values
+from sweeper.search import SUGGESTION, searched_values
+from sweeper.searchers import known_trials, tune_search
 from sweeper.spec import LoadedSweep, SweepError
 from sweeper.storage import SweepFolder
 from sweeper.verify.records import Verification
@@ -57,18 +58,19 @@ OUTPUTS_LOG = "outputs-error.log"
 
 
 def trial_table(sweep: LoadedSweep, n_gpus: int) -> list[dict[str, Any]]:
-    """One row per trial, as the searcher will generate them: for ``--dry-run``."""
+    """One row per trial known before the sweep starts (``known_trials``): for ``--dry-run``."""
     gpu = gpus_per_trial(sweep, n_gpus)
     return [
         {
             "trial": i,
+            **({SUGGESTION: config[SUGGESTION]} if SUGGESTION in config else {}),
             "seed": config["train"]["seed"],
             TUNE_REPLICATE: config[TUNE_REPLICATE],
             **searched_values(sweep, config),
             "cpus": sweep.spec.resources.cpus_per_trial,
             "gpus": round(gpu, 4),
         }
-        for i, config in enumerate(expand_trials(sweep))
+        for i, config in enumerate(known_trials(sweep))
     ]
 
 
@@ -295,7 +297,6 @@ def _make_tuner(
     from ray import tune
     from ray.tune.experimental import output
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     from trainables.ray_trainable import tune_trainable
 
@@ -317,12 +318,15 @@ def _make_tuner(
     # GPUs to use, a trial's GPU share, its resources (a dict, or a callable of its config)
     n_gpus, gpu, resources = placement
     trainable = tune.with_resources(trainable, resources)
-    space = param_space(sweep)
+    max_concurrent = spec.max_concurrent_trials
+    if gpu and (n_gpus or hosts):  # never more concurrent trials than the GPUs can hold
+        max_concurrent = min(max_concurrent or 10**9, math.floor(max(n_gpus, 1) / gpu + 1e-9))
+    search = tune_search(sweep, max_concurrent)
     if resume:
         return tune.Tuner.restore(
             folder.location,
             trainable=trainable,
-            param_space=space,
+            param_space=search.param_space,
             resume_unfinished=True,
             resume_errored=True,
         )
@@ -334,31 +338,25 @@ def _make_tuner(
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
-    max_concurrent = spec.max_concurrent_trials
-    if gpu and (n_gpus or hosts):  # never more concurrent trials than the GPUs can hold
-        max_concurrent = min(max_concurrent or 10**9, math.floor(max(n_gpus, 1) / gpu + 1e-9))
     return tune.Tuner(
         trainable,
-        param_space=space,
+        param_space=search.param_space,
         tune_config=tune.TuneConfig(
             # Only the scheduler ranks trials during the sweep; the best trial is picked from
             # the results afterwards (integration scores exist only in a trial's last result).
             metric=spec.metric if scheduler else None,
             mode=spec.mode if scheduler else None,
-            num_samples=spec.num_samples,
-            # Tune ignores max_concurrent_trials with a variant generator: the limit goes here.
-            search_alg=BasicVariantGenerator(
-                constant_grid_search=True,
-                random_state=spec.searcher_seed,
-                max_concurrent=max_concurrent or 0,
-            ),
+            num_samples=search.num_samples,
+            # The search algorithm holds the concurrency limit (Tune's max_concurrent_trials
+            # is ignored with a variant generator).
+            search_alg=search.algorithm,
             scheduler=scheduler,
             reuse_actors=True,  # no process start, imports or CUDA context per trial
         ),
         run_config=tune.RunConfig(
             name=folder.name,
             storage_path=folder.storage_path,
-            callbacks=tune_callbacks(sweep, folder) + callbacks,
+            callbacks=[*tune_callbacks(sweep, folder), *callbacks, *search.callbacks],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             sync_config=tune.SyncConfig(sync_artifacts=True),  # run.json + model.pt
