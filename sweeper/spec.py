@@ -93,7 +93,11 @@ class WandbSpec:
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """An early-stopping scheduler. Stopped replicates show up as incomplete in audits."""
+    """An early-stopping scheduler. Stopped replicates show up as incomplete in audits.
+
+    Refused with more than one seed and with TPE search (``SweepSpec``): it stops each trial
+    on its own, by which results arrive first.
+    """
 
     type: Literal["asha"] = "asha"
     grace_period: int = 10  # epochs before a trial may be stopped

@@ -263,3 +263,10 @@ def test_an_interrupted_adaptive_sweep_resumes_to_the_same_trials(
     assert len(restored) == 1  # Tune handed the resumed sweep the searcher's saved state
     assert trials_by_slot(resumed) == trials_by_slot(uninterrupted[0].summary)
     assert verify_main([str(tmp_path / "resumed")]) == 0
+
+
+def test_an_audit_of_a_tpe_sweep_file_audits_one_config():
+    from sweeper.audit import audit_sweep
+
+    audit = audit_sweep(load_sweep(CONFIGS / "search.yaml"), repeats=2)
+    assert audit.spec.searcher.type == "random" and audit.spec.n_trials == 2
