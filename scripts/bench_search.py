@@ -15,7 +15,8 @@ with the same points, seeds and epochs, each point at every seed:
   slot frees and told as soon as its seeds are in, so its points depend on timing.
 
 and prints, for each, the best point's mean and std over seeds, the mean over all points, the
-best single trial, and the wall time of the trials (Ray's start included).
+best single trial, and the wall time of the trials (Ray's start included, the data already in
+the disk cache).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sweeper.options import DriverOptions
 from sweeper.results import Summary
 from sweeper.searchers import BatchedTPE, TuneSearch, searched_point, tune_search
 from sweeper.spec import LoadedSweep, load_sweep
+from trainables.data import prepare_data
 
 CONFIG = Path(__file__).parents[1] / "configs" / "search.yaml"
 SEARCHERS = ("random", "tpe-batched", "tpe-free")
@@ -104,6 +106,7 @@ def run(searcher: str, args: argparse.Namespace, storage: Path) -> dict[str, Any
         overrides |= {f"train.{k}": v for k, v in SMOKE_TRAIN.items() if k != "n_epochs"}
         overrides |= {f"data.{k}": v for k, v in SMOKE_DATA.items()}
     sweep = load_sweep(args.config, overrides)
+    prepare_data(sweep.data)  # into the disk cache, before the clock starts
     sweeper.driver.tune_search = free_running_search if searcher == "tpe-free" else tune_search
     started = time.monotonic()
     summary = run_trials(sweep, DriverOptions(gpus=args.gpus, cpus=args.cpus))
