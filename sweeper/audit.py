@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sweeper.driver import SweepOutcome, run_sweep
 from sweeper.options import DriverOptions
-from sweeper.spec import LoadedSweep
+from sweeper.spec import LoadedSweep, SearcherSpec
 from sweeper.verify.records import Verification
 
 
@@ -35,6 +35,7 @@ def audit_sweep(
         replicates=repeats or sweep.spec.replicates,
         search={},
         num_samples=1,
+        searcher=SearcherSpec(),  # one config: nothing to search
         scheduler=None,  # early stopping would cut replicates short
         name=f"{sweep.spec.name}-{datetime.now():%Y%m%d-%H%M%S}",
     )

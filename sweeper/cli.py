@@ -138,6 +138,7 @@ def _sweep(prog: str, args: argparse.Namespace) -> int:
     from sweeper.driver import run_sweep, trial_table
     from sweeper.options import apply_options, sweep_dir
     from sweeper.report import format_summary, format_table
+    from sweeper.searchers import plan_text
     from sweeper.spec import load_sweep
     from sweeper.verify.verdict import verdict_line
 
@@ -146,7 +147,7 @@ def _sweep(prog: str, args: argparse.Namespace) -> int:
     sweep = apply_options(load_sweep(args.config, overrides), options)
     if args.dry_run:
         rows = trial_table(sweep, _dry_run_gpus(args.gpus))
-        print(f"{len(rows)} trials -> {sweep_dir(sweep)}")
+        print(f"{plan_text(sweep)} -> {sweep_dir(sweep)}")
         print(format_table(rows))
         return EXIT_OK
     outcome = run_sweep(sweep, options)

@@ -27,7 +27,8 @@ from sweeper.cluster import (
 )
 from sweeper.options import DriverOptions, check_before_ray, discard_unstarted, sweep_dir
 from sweeper.results import Outputs, Summary, collect_results, write_spec_record, write_summary
-from sweeper.search import expand_trials, param_space, searched_values
+from sweeper.search import SUGGESTION, searched_values
+from sweeper.searchers import known_trials, tune_search
 from sweeper.spec import LoadedSweep
 from sweeper.storage import SweepFolder
 from sweeper.verify.records import Verification
@@ -54,18 +55,19 @@ OUTPUTS_LOG = "outputs-error.log"
 
 
 def trial_table(sweep: LoadedSweep, n_gpus: int) -> list[dict[str, Any]]:
-    """One row per trial, as the searcher will generate them: for ``--dry-run``."""
+    """One row per trial known before the sweep starts (``known_trials``): for ``--dry-run``."""
     gpu = plan_placement(sweep, n_gpus).gpu_share
     return [
         {
             "trial": i,
+            **({SUGGESTION: config[SUGGESTION]} if SUGGESTION in config else {}),
             "seed": config["train"]["seed"],
             TUNE_REPLICATE: config[TUNE_REPLICATE],
             **searched_values(sweep, config),
             "cpus": sweep.spec.resources.cpus_per_trial,
             "gpus": round(gpu, 4),
         }
-        for i, config in enumerate(expand_trials(sweep))
+        for i, config in enumerate(known_trials(sweep))
     ]
 
 
@@ -262,7 +264,6 @@ def _make_tuner(
     from ray import tune
     from ray.tune.experimental import output
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     from trainables.ray_trainable import tune_trainable
 
@@ -282,12 +283,12 @@ def _make_tuner(
         wandb=spec.wandb_runs(),
     )
     trainable = tune.with_resources(trainable, placement.resources)
-    space = param_space(sweep)
+    search = tune_search(sweep, placement.max_concurrent(spec.max_concurrent_trials))
     if resume:
         return tune.Tuner.restore(
             folder.location,
             trainable=trainable,
-            param_space=space,
+            param_space=search.param_space,
             resume_unfinished=True,
             resume_errored=True,
         )
@@ -299,29 +300,25 @@ def _make_tuner(
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
-    max_concurrent = placement.max_concurrent(spec.max_concurrent_trials)
     return tune.Tuner(
         trainable,
-        param_space=space,
+        param_space=search.param_space,
         tune_config=tune.TuneConfig(
             # Only the scheduler ranks trials during the sweep; the best trial is picked from
             # the results afterwards (integration scores exist only in a trial's last result).
             metric=spec.metric if scheduler else None,
             mode=spec.mode if scheduler else None,
-            num_samples=spec.num_samples,
-            # Tune ignores max_concurrent_trials with a variant generator: the limit goes here.
-            search_alg=BasicVariantGenerator(
-                constant_grid_search=True,
-                random_state=spec.searcher_seed,
-                max_concurrent=max_concurrent or 0,
-            ),
+            num_samples=search.num_samples,
+            # The search algorithm holds the concurrency limit (Tune's max_concurrent_trials
+            # is ignored with a variant generator).
+            search_alg=search.algorithm,
             scheduler=scheduler,
             reuse_actors=True,  # no process start, imports or CUDA context per trial
         ),
         run_config=tune.RunConfig(
             name=folder.name,
             storage_path=folder.storage_path,
-            callbacks=tune_callbacks(sweep, folder) + callbacks,
+            callbacks=[*tune_callbacks(sweep, folder), *callbacks, *search.callbacks],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             sync_config=tune.SyncConfig(sync_artifacts=True),  # run.json + model.pt

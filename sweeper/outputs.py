@@ -16,7 +16,7 @@ import numpy as np
 
 from sweeper.document import Image, Table, Text, render
 from sweeper.plots import loss_curves_png, metric_vs_params_png, seed_spread_png, umap_png
-from sweeper.report import group_rows, params_text
+from sweeper.report import best_point_text, group_rows, params_text
 from sweeper.results import COMPLETED, BestOutput, Outputs, Summary, TrialEntry, ranked_trials
 from sweeper.storage import SweepFolder
 from trainables.integration import INTEGRATION_KEYS
@@ -130,6 +130,8 @@ def _overview(summary: Summary) -> list[Any]:
             f"{summary.n_errored} errored; best trial {summary.best_trial} by {summary.metric}."
         )
     ]
+    point = best_point_text(summary)
+    blocks += [Text(point[0].upper() + point[1:] + ".")] if point else []
     return blocks + ([Table(rows)] if rows else [])
 
 
@@ -166,7 +168,7 @@ def _sweep_figures(summary: Summary) -> list[tuple[str, bytes, str]]:
             (
                 "seed_spread.png",
                 seed_spread_png(summary.groups, summary.metric),
-                f"{summary.metric}: mean ± std over seeds per hyperparameter point",
+                f"{summary.metric}: mean ± std over seeds per hyperparameter point, in order",
             )
         )
     return figures

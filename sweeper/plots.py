@@ -155,7 +155,10 @@ def seed_spread_png(groups: tuple[SeedGroup, ...], metric: str) -> bytes:
     fig = Figure(figsize=(max(5, 1.1 * len(groups)), 3.8))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    labels = [params_text(g.params) for g in groups]
+    labels = [
+        ("" if g.suggestion is None else f"#{g.suggestion} ") + params_text(g.params)
+        for g in groups
+    ]
     ax.errorbar(
         range(len(groups)),
         [g.mean for g in groups],

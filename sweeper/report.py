@@ -32,6 +32,9 @@ def format_summary(summary: Summary) -> str:
             f"best trial {best.trial_id} (seed {best.seed}, replicate {best.replicate}, "
             f"{params_text(best.params)}): {metric} = {best.metrics[metric]:.6g}"
         )
+    point = best_point_text(summary)
+    if point:
+        lines.append(point)
     groups = group_rows(summary)
     if groups:
         lines += ["", format_table(groups)]
@@ -41,10 +44,23 @@ def format_summary(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+def best_point_text(summary: Summary) -> str | None:
+    """``best point (mean over 3 seeds): suggestion 5, learning_rate=...: val_loss = 1.2 ± 0.1``."""
+    point = summary.best_point
+    if point is None:
+        return None
+    which = "" if point.suggestion is None else f"suggestion {point.suggestion}, "
+    return (
+        f"best point (mean over {len(point.seeds)} seeds): {which}{params_text(point.params)}: "
+        f"{summary.metric} = {point.mean:.6g} ± {point.std:.3g}"
+    )
+
+
 def group_rows(summary: Summary) -> list[dict[str, Any]]:
-    """One table row per hyperparameter point: seeds, trials, the metric's mean and std."""
+    """One row per hyperparameter point (in suggestion order): the metric's mean and std."""
     return [
         {
+            **({"suggestion": g.suggestion} if g.suggestion is not None else {}),
             "params": params_text(g.params),
             "seeds": len(g.seeds),
             "trials": g.n_trials,

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sweeper.search import searched_values
+from sweeper.search import SUGGESTION, searched_values
 from sweeper.spec import LoadedSweep, SweepError
 from sweeper.storage import SweepFolder
 from sweeper.verify.comparison import bit_environment
@@ -48,6 +48,7 @@ class TrialEntry:
         environment: What its run ran on that bears on bit equality (``bit_environment``).
         run_json: Its ``run.json``, relative to the sweep folder (None: it did not complete).
         error: Why it errored, in one line.
+        suggestion: Its point's place in suggestion order (TPE search; None: random search).
     """
 
     trial_id: str
@@ -63,6 +64,7 @@ class TrialEntry:
     environment: dict[str, Any] | None
     run_json: str | None
     error: str | None = None
+    suggestion: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class SeedGroup:
     n_trials: int
     mean: float
     std: float
+    suggestion: int | None = None  # its place in suggestion order (TPE search)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class Summary:
     groups: tuple[SeedGroup, ...]
     trials: tuple[TrialEntry, ...]
     outputs: Outputs | None = None
+    best_point: SeedGroup | None = None  # the best mean over seeds
 
     def trial(self, trial_id: str) -> TrialEntry:
         """The trial with this id.
@@ -167,6 +171,7 @@ def collect_results(sweep: LoadedSweep, folder: SweepFolder, grid: Any) -> Summa
     """Summarise a Tune ``ResultGrid`` into ``summary.json``, ``results.csv`` and ``best/``."""
     trials = sorted((_trial_entry(sweep, folder, result) for result in grid), key=_trial_id)
     best = next(iter(ranked_trials(trials, sweep.spec.metric, sweep.spec.mode)), None)
+    groups = seed_groups(trials, sweep.spec.metric)
     summary = Summary(
         name=sweep.spec.name,
         metric=sweep.spec.metric,
@@ -176,8 +181,9 @@ def collect_results(sweep: LoadedSweep, folder: SweepFolder, grid: Any) -> Summa
         n_completed=sum(t.status == COMPLETED for t in trials),
         n_errored=sum(t.status == ERRORED for t in trials),
         best_trial=best.trial_id if best else None,
-        groups=seed_groups(trials, sweep.spec.metric),
+        groups=groups,
         trials=tuple(trials),
+        best_point=best_group(groups, sweep.spec.mode),
     )
     if best is not None:
         for name in (RUN_FILE, MODEL_FILE):
@@ -203,11 +209,15 @@ def load_summary(folder: str | Path) -> Summary:
 
 
 def seed_groups(trials: list[TrialEntry], metric: str) -> tuple[SeedGroup, ...]:
-    """Per hyperparameter point: the metric's mean and std over seeds (replicate 0 of each)."""
-    groups: dict[str, list[TrialEntry]] = {}
-    for trial in trials:
+    """Per hyperparameter point: the metric's mean and std over seeds (replicate 0 of each).
+
+    Points of a TPE search come in suggestion order, each suggestion its own point.
+    """
+    groups: dict[tuple[int, str], list[TrialEntry]] = {}
+    for trial in sorted(trials, key=lambda t: -1 if t.suggestion is None else t.suggestion):
         if trial.status == COMPLETED:
-            groups.setdefault(json.dumps(trial.params, sort_keys=True), []).append(trial)
+            key = (trial.suggestion, json.dumps(trial.params, sort_keys=True))
+            groups.setdefault(key, []).append(trial)
     rows = []
     for members in groups.values():
         per_seed: dict[int, float] = {}
@@ -221,9 +231,16 @@ def seed_groups(trials: list[TrialEntry], metric: str) -> tuple[SeedGroup, ...]:
                 n_trials=len(members),
                 mean=statistics.fmean(values),
                 std=statistics.stdev(values) if len(values) > 1 else 0.0,
+                suggestion=members[0].suggestion,
             )
         )
     return tuple(rows)
+
+
+def best_group(groups: tuple[SeedGroup, ...], mode: str) -> SeedGroup | None:
+    """The point with the best mean over seeds (ties: the first; None: no point has a mean)."""
+    done = [g for g in groups if not math.isnan(g.mean)]
+    return min(done, key=lambda g: -g.mean if mode == "max" else g.mean, default=None)
 
 
 def results_csv(trials: list[TrialEntry]) -> str:
@@ -287,6 +304,7 @@ def _trial_entry(sweep: LoadedSweep, folder: SweepFolder, result: Any) -> TrialE
         environment=bit_environment(record) if record else None,
         run_json=run_json if record else None,
         error=None if result.error is None else error_reason(result.error),
+        suggestion=config.get(SUGGESTION),
     )
 
 

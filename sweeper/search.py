@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 DATA_PREFIX = "data."  # search keys under this prefix address the data config
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+SUGGESTION = "suggestion"
+"""The trial config key holding its point's place in suggestion order (TPE search)."""
 
 
 def param_space(sweep: LoadedSweep) -> dict[str, Any]:
@@ -38,19 +40,21 @@ def param_space(sweep: LoadedSweep) -> dict[str, Any]:
     """
     from ray import tune
 
+    space = nested_values({k: tune_domain(d) for k, d in sweep.spec.search.items()})
+    space["train"]["seed"] = tune.grid_search(list(sweep.spec.seeds))
+    return {**space, "replicate": tune.grid_search(list(range(sweep.spec.replicates)))}
+
+
+def nested_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values by search key -> the ``train`` and ``data`` trees of a trial config."""
     train: dict[str, Any] = {}
     data: dict[str, Any] = {}
-    for key, dist in sweep.spec.search.items():
+    for key, value in values.items():
         if key.startswith(DATA_PREFIX):
-            _set_leaf(data, key.removeprefix(DATA_PREFIX), tune_domain(dist))
+            _set_leaf(data, key.removeprefix(DATA_PREFIX), value)
         else:
-            _set_leaf(train, key, tune_domain(dist))
-    train["seed"] = tune.grid_search(list(sweep.spec.seeds))
-    return {
-        "train": train,
-        "data": data,
-        "replicate": tune.grid_search(list(range(sweep.spec.replicates))),
-    }
+            _set_leaf(train, key, value)
+    return {"train": train, "data": data}
 
 
 def expand_trials(sweep: LoadedSweep) -> list[dict[str, Any]]:

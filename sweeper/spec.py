@@ -93,7 +93,11 @@ class WandbSpec:
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """An early-stopping scheduler. Stopped replicates show up as incomplete in audits."""
+    """An early-stopping scheduler. Stopped replicates show up as incomplete in audits.
+
+    Refused with more than one seed and with TPE search (``SweepSpec``): it stops each trial
+    on its own, by which results arrive first.
+    """
 
     type: Literal["asha"] = "asha"
     grace_period: int = 10  # epochs before a trial may be stopped
@@ -105,6 +109,40 @@ class SchedulerSpec:
             raise ConfigError("grace_period", f"got {self.grace_period!r}; allowed: >= 1")
         if self.reduction_factor <= 1:
             raise ConfigError("reduction_factor", f"got {self.reduction_factor!r}; allowed: > 1")
+
+
+@dataclass(frozen=True)
+class SearcherSpec:
+    """How the sweep chooses its hyperparameter points.
+
+    ``random``: ``num_samples`` draws of the search distributions, all known before the sweep
+    starts. ``optuna``: ``num_samples`` points suggested by TPE (``sweeper.searchers``) in
+    batches of ``batch_size``, each batch from every result of the earlier ones; the first
+    ``startup_points`` points are drawn at random. Either way every point runs at every seed
+    and replicate, and ``searcher_seed`` makes the sweep repeatable.
+    """
+
+    type: Literal["random", "optuna"] = "random"
+    batch_size: int | None = None  # optuna only; default 4
+    startup_points: int | None = None  # optuna only; default 8
+
+    def __post_init__(self):
+        for key in ("batch_size", "startup_points"):
+            value = getattr(self, key)
+            if value is not None and self.type != "optuna":
+                raise ConfigError(key, "only for type: optuna")
+            if value is not None and value < 1:
+                raise ConfigError(key, f"got {value!r}; allowed: an integer >= 1")
+
+    @property
+    def points_per_batch(self) -> int:
+        """Points suggested together (optuna): each batch waits for the earlier batches."""
+        return self.batch_size or 4
+
+    @property
+    def random_points(self) -> int:
+        """Points drawn at random before TPE models the results (optuna)."""
+        return self.startup_points or 8
 
 
 @dataclass(frozen=True)
@@ -140,8 +178,8 @@ class SweepSpec:
     max_failures: int = 2
     checkpoint_every: int = 10  # epochs; 0: no checkpoints (a failed trial restarts)
     scheduler: SchedulerSpec | None = None
-    searcher: Literal["random", "optuna"] = "random"
-    searcher_seed: int = 0  # random_state of the searcher: same file, same trials
+    searcher: SearcherSpec = field(default_factory=SearcherSpec)
+    searcher_seed: int = 0  # seed of the searcher: same file, same trials
     wandb: WandbSpec = field(default_factory=WandbSpec)
     outputs: OutputsSpec = field(default_factory=OutputsSpec)
 
@@ -165,6 +203,7 @@ class SweepSpec:
             raise ConfigError(
                 "scheduler", f"{self.metric} is scored once, after the last epoch: no scheduler"
             )
+        self._check_searcher()
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ConfigError("max_concurrent_trials", "allowed: an integer >= 1, or null")
         per_process = [k for k in self.search if k in PROCESS_WIDE_KEYS]
@@ -173,6 +212,31 @@ class SweepSpec:
                 f"search.{per_process[0]}",
                 "torch keeps it per process, and with resources.one_process_per_gpu trials "
                 "share a process: search it with one process per trial",
+            )
+
+    def _check_searcher(self) -> None:
+        """Refuse what TPE search and ASHA cannot do reproducibly, naming the keys."""
+        if self.scheduler is not None and len(self.seeds) > 1:
+            raise ConfigError(
+                "scheduler",
+                "ASHA stops each trial on its own, so a point's seeds would end at different "
+                "epochs and its mean over seeds would mix them: give one seed, or scheduler: null",
+            )
+        if self.searcher.type != "optuna":
+            return
+        if self.scheduler is not None:
+            raise ConfigError(
+                "scheduler",
+                "ASHA stops trials by which results arrive first, so searcher.type: optuna "
+                "would learn from timing: use scheduler: null",
+            )
+        if not self.search:
+            raise ConfigError("searcher.type", "optuna needs a search block to search")
+        grids = [k for k, d in self.search.items() if isinstance(d, Mapping) and "grid" in d]
+        if grids:
+            raise ConfigError(
+                f"search.{grids[0]}",
+                "grid is not for searcher.type: optuna (TPE chooses every value): use choice",
             )
 
     @property
