@@ -344,3 +344,33 @@ def _embed(args: argparse.Namespace) -> int:
     n_cells = len(embedded["obs"])
     print(f"wrote {path}: {n_cells} cells, obsm {', '.join(embedded['obsm'])}")
     return EXIT_OK
+
+
+def benchmark_main(argv: Sequence[str] | None = None) -> int:
+    """``invae-benchmark``: the scIB benchmark (scib-metrics) of a finished sweep's best trials.
+
+    Each embedded best trial's z_i is scored on every cell beside PCA and, when installed, the
+    original inVAE's FinVAE and scVI, trained on the trial's training cells for its epochs. The
+    table and plot go into the report, summary.json and W&B; the folder is sealed anew.
+    """
+    parser = argparse.ArgumentParser(prog="invae-benchmark", description=benchmark_main.__doc__)
+    parser.add_argument("sweep_dir", help="a finished sweep folder (holding summary.json)")
+    args = parser.parse_args(argv)
+    return run_command(parser.prog, lambda: _benchmark(parser.prog, args))
+
+
+def _benchmark(prog: str, args: argparse.Namespace) -> int:
+    from sweeper.benchmark.publish import benchmark_sweep
+    from sweeper.benchmark.scib import missing_reason
+
+    missing = missing_reason()
+    if missing is not None:
+        return _fail(prog, ValueError(missing), EXIT_USAGE)
+    summary, seal = benchmark_sweep(args.sweep_dir)
+    for trial in summary.outputs.benchmark.trials:
+        totals = ", ".join(f"{row.embedding} {row.total:.3f}" for row in trial.rows)
+        print(f"trial {trial.trial_id}: scIB total {totals} ({args.sweep_dir}/{trial.folder})")
+        for line in trial.absent:
+            print(f"  baseline absent: {line}")
+    print(f"report: {args.sweep_dir}/report.html; sealed anew: SHA256SUMS sha256 {seal}")
+    return EXIT_OK

@@ -218,14 +218,15 @@ def publish_outputs(
 ) -> Summary:
     """Embed and picture the best trials, compare with PCA, write the report; update summary.
 
-    The W&B report run (unless W&B is disabled) holds the pictures, the best trials' scores
-    and the verification's verdict.
+    The embedded trials also get the scIB benchmark (``sweeper.benchmark``) when scib-metrics
+    is installed. The W&B report run (unless W&B is disabled) holds the pictures, the best
+    trials' scores, their scIB tables and the verification's verdict.
 
     Never raises for a failing output: the trials' results stand whatever happens here. The
     error goes into ``summary.outputs.error`` in one line, its traceback into
     ``outputs-error.log`` in the sweep folder.
     """
-    from sweeper.outputs import write_outputs, write_sweep_report
+    from sweeper.outputs import benchmark_outputs, write_outputs, write_sweep_report
     from trainables.data import prepare_data
 
     outputs = Outputs()
@@ -234,6 +235,10 @@ def publish_outputs(
         outputs = write_outputs(sweep, folder, summary, data)
         summary = replace(summary, outputs=outputs)
         write_summary(folder, summary)
+        if folder.local is not None:
+            outputs = benchmark_outputs(folder, summary)  # the scIB table, when installed
+            summary = replace(summary, outputs=outputs)
+            write_summary(folder, summary)
         write_sweep_report(folder, summary)
         if folder.local is not None and sweep.spec.wandb.mode != "disabled":
             from sweeper.tracking import log_report

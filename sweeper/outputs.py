@@ -10,10 +10,12 @@ seed spread, all in ``report.html`` / ``report.md``.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from sweeper.benchmark.report import benchmark_blocks
 from sweeper.document import Image, Table, Text, render
 from sweeper.plots import loss_curves_png, metric_vs_params_png, seed_spread_png, umap_png
 from sweeper.report import best_point_text, group_rows, params_text
@@ -87,6 +89,15 @@ def write_outputs(
     return Outputs(tuple(best), pca_baseline(data) if data is not None else None)
 
 
+def benchmark_outputs(folder: SweepFolder, summary: Summary) -> Outputs:
+    """The outputs with the scIB benchmark of the embedded best trials (``sweeper.benchmark``)."""
+    from sweeper.benchmark.publish import benchmark_best
+
+    outputs = summary.outputs or Outputs()
+    best = [(b.trial_id, summary.trial(b.trial_id).trial_dir, b.embedding) for b in outputs.best]
+    return replace(outputs, benchmark=benchmark_best(folder, best))
+
+
 def best_trials(summary: Summary, n: int) -> list[TrialEntry]:
     """The ``n`` best completed trials by the sweep's metric and mode."""
     return ranked_trials(summary.trials, summary.metric, summary.mode)[:n]
@@ -98,6 +109,7 @@ def write_sweep_report(folder: SweepFolder, summary: Summary) -> tuple[str, str]
         return None
     blocks: list[Any] = [Text(f"Sweep {summary.name}", 1), *_overview(summary)]
     blocks += _integration_blocks(summary)
+    blocks += benchmark_blocks(folder, summary.outputs.benchmark if summary.outputs else None)
     for name, png, caption in _sweep_figures(summary):
         folder.write_bytes(name, png)
         blocks.append(Image(name, png, caption, caption))

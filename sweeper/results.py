@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from sweeper.benchmark.records import Benchmark
 from sweeper.search import SUGGESTION, searched_values
 from sweeper.spec import LoadedSweep, SweepError
 from sweeper.storage import SweepFolder
@@ -96,6 +97,7 @@ class Outputs:
     best: tuple[BestOutput, ...] = ()
     baseline_pca: dict[str, float] | None = None
     error: str | None = None  # why the outputs are incomplete, in one line
+    benchmark: Benchmark | None = None  # the best trials' scIB tables (scib-metrics)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Each trial's run has the layout of ``trainables.wandb_run`` (the one ``invae-train --wandb``
 writes), goes to its point's group (``point_group``: replicates side by side), and is tagged
 with the spec's tags and ``uncommitted-changes`` when the driver's git tree is dirty. The
-sweep's report run holds its pictures, the best trials' scores and the verification verdict.
+sweep's report run holds its pictures, the best trials' scores and scIB tables, and the
+verification verdict.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from ray.air.integrations.wandb import (
     _WandbLoggingActor,
 )
 
+from sweeper.benchmark.records import Benchmark
 from sweeper.results import Summary
-from sweeper.spec import LoadedSweep
+from sweeper.spec import LoadedSweep, WandbSpec
 from sweeper.verify.records import Verification
 from trainables.constants import TUNE_REPLICATE, WANDB_CONFIG, WANDB_SUMMARY
 from trainables.run_record import RunConfigs
 from trainables.schema import config_to_dict
-from trainables.wandb_run import keep_file, point_group, tags, wandb_config
+from trainables.wandb_run import SweepRuns, keep_file, point_group, tags, wandb_config
 
 # W&B records the git remote itself, keeping the user name of https://user:token@host URLs;
 # each run's git state is in its config (git/*), its remote without credentials.
@@ -213,25 +215,7 @@ def log_report(
     The run goes to the sweep's group (``job_type="report"``), offline unless online is asked
     for, and writes beside the trials' runs.
     """
-    runs = sweep.spec.wandb_runs()
-    if runs.mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"
-    run = wandb.init(
-        project=runs.project,
-        group=runs.group,
-        job_type="report",
-        name=f"{sweep.spec.name}-report",
-        tags=tags(sweep.spec.wandb.tags, driver_git_dirty()),
-        mode=runs.mode,
-        dir=str(folder.resolve()),  # W&B's service process has a folder of its own
-        config={
-            "sweep/name": sweep.spec.name,
-            "best_trial": summary.best_trial,
-            "metric": summary.metric,
-        },
-        reinit="create_new",
-        settings=_SETTINGS,
-    )
+    run = _sweep_run(sweep.spec.wandb, summary, folder, "report")
     run.log({name: wandb.Image(str(path)) for name, path in images.items()})
     baseline = (summary.outputs.baseline_pca if summary.outputs else None) or {}
     run.summary.update({f"baseline_pca/{k}": v for k, v in baseline.items()})
@@ -239,7 +223,62 @@ def log_report(
         best = summary.trial(summary.best_trial)
         run.summary.update({f"best/{k}": v for k, v in best.metrics.items()})
     run.summary.update(verification_summary(verification))
+    log_benchmark(run, folder, summary.outputs.benchmark if summary.outputs else None)
     run.finish()
+
+
+def log_benchmark_run(spec: WandbSpec, summary: Summary, folder: Path) -> None:
+    """Log a sweep's scIB benchmark, made after the sweep, as a W&B run of its group."""
+    run = _sweep_run(spec, summary, folder, "benchmark")
+    log_benchmark(run, folder, summary.outputs.benchmark if summary.outputs else None)
+    run.finish()
+
+
+def _sweep_run(spec: WandbSpec, summary: Summary, folder: Path, job_type: str):
+    """Start a W&B run of the sweep's group (offline unless online is asked for)."""
+    runs = SweepRuns(spec.project, spec.mode, spec.group or summary.name)
+    if runs.mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"
+    return wandb.init(
+        project=runs.project,
+        group=runs.group,
+        job_type=job_type,
+        name=f"{summary.name}-{job_type}",
+        tags=tags(spec.tags, driver_git_dirty()),
+        mode=runs.mode,
+        dir=str(folder.resolve()),  # W&B's service process has a folder of its own
+        config={
+            "sweep/name": summary.name,
+            "best_trial": summary.best_trial,
+            "metric": summary.metric,
+        },
+        reinit="create_new",
+        settings=_SETTINGS,
+    )
+
+
+def log_benchmark(run, folder: Path, benchmark: Benchmark | None) -> None:
+    """Put the scIB tables and plots in a W&B run; ``scib/<trial>/<embedding>/<metric>``."""
+    from sweeper.benchmark.report import table_rows
+
+    if benchmark is None:
+        return
+    run.summary["scib/library"] = benchmark.library
+    if benchmark.absent is not None:
+        run.summary["scib/absent"] = benchmark.absent
+    for trial in benchmark.trials:
+        rows = table_rows(trial)
+        columns = list(rows[0])
+        table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+        logged: dict = {f"scib/{trial.trial_id}/table": table}
+        if trial.plot_png is not None:
+            plot = folder / trial.folder / trial.plot_png
+            logged[f"scib/{trial.trial_id}/plot"] = wandb.Image(str(plot))
+        run.log(logged)
+        for row in rows:
+            flat = {k: v for k, v in row.items() if isinstance(v, float)}
+            prefix = f"scib/{trial.trial_id}/{row['embedding']}"
+            run.summary.update({f"{prefix}/{k}": v for k, v in flat.items()})
 
 
 def verification_summary(verification: Verification) -> dict:
