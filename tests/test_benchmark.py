@@ -13,6 +13,7 @@ from sweeper.cli import benchmark_main
 from sweeper.results import load_summary
 from sweeper.storage import SweepFolder
 from sweeper.verify.seal import SEAL_FILE, FolderReader, check_seal, parse_manifest
+from tests.wandb_records import offline_runs
 
 SMOKE = Path(__file__).parents[1] / "configs" / "smoke.yaml"
 # One seed, two replicates: the smallest sweep whose replicates verify.
@@ -106,8 +107,9 @@ def test_invae_benchmark_adds_the_table_to_a_finished_sweep_and_reseals(sweeps, 
         for name in ("scib_results.csv", "scib_results.png", "embeddings.h5ad", "benchmark.json")
     }
     assert check_seal(FolderReader(SweepFolder(folder))).intact
-    runs = list((folder / "wandb").glob("offline-run-*"))
-    assert any((run / "files" / "wandb-summary.json").exists() for run in runs)
+    (run,) = [r for r in offline_runs(folder / "wandb").values() if r.job_type == "benchmark"]
+    (invae,) = [row for row in trial.rows if row.embedding == "inVAE"]
+    assert run.summary[f"scib/{trial.trial_id}/inVAE/Total"] == pytest.approx(invae.total)
 
 
 @pytest.mark.ray
