@@ -49,6 +49,7 @@ def sweeps(ray_session, tmp_path_factory):
     return {"with": run_small_sweep(storage, "with"), "without": without, "storage": storage}
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_the_sweep_puts_its_best_trials_scib_table_in_report_and_summary(sweeps):
     outcome, folder = sweeps["with"], sweeps["storage"] / "with"
@@ -74,6 +75,7 @@ def test_the_sweep_puts_its_best_trials_scib_table_in_report_and_summary(sweeps)
     assert check_seal(FolderReader(SweepFolder(folder))).intact
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_without_scib_metrics_the_sweep_succeeds_and_says_why(sweeps):
     outcome, folder = sweeps["without"], sweeps["storage"] / "without"
@@ -85,6 +87,7 @@ def test_without_scib_metrics_the_sweep_succeeds_and_says_why(sweeps):
     assert not (folder / BENCHMARK_DIR).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_invae_benchmark_adds_the_table_to_a_finished_sweep_and_reseals(sweeps, tmp_path, capsys):
     folder = tmp_path / "without"
@@ -112,6 +115,7 @@ def test_invae_benchmark_adds_the_table_to_a_finished_sweep_and_reseals(sweeps, 
     assert run.summary[f"scib/{trial.trial_id}/inVAE/Total"] == pytest.approx(invae.total)
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_invae_benchmark_refuses_a_folder_that_no_longer_matches_its_seal(sweeps, tmp_path, capsys):
     folder = tmp_path / "without"
