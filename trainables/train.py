@@ -66,7 +66,7 @@ class DeviceSplit:
     def from_split(cls, split: Split, device: torch.device) -> DeviceSplit:
         """Copy a host split to ``device`` once."""
         # A copy: arrays shipped through Ray's object store are read-only.
-        return cls(*(torch.tensor(a, device=device) for a in (split.counts, split.bio, split.tech)))
+        return cls(*(torch.tensor(a, device=device) for a in _arrays(split)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -219,12 +219,7 @@ class GroupRunner:
 
     def can_load(self, prepared: PreparedData) -> bool:
         """Whether :meth:`load` can put these data in place of the group's."""
-        ours = (self.prepared.train, self.prepared.val)
-        return self.shape_of_data(prepared) == self.shape_of_data(self.prepared) and all(
-            np.asarray(a).dtype == np.asarray(b).dtype
-            for mine, theirs in zip(ours, (prepared.train, prepared.val), strict=True)
-            for a, b in zip(_arrays(mine), _arrays(theirs), strict=True)
-        )
+        return _layout(prepared) == _layout(self.prepared)
 
     def load(self, prepared: PreparedData) -> None:
         """Train on other data of the same sizes and dtypes from now on (``can_load``).
@@ -240,13 +235,6 @@ class GroupRunner:
             for tensor, array in zip(device_split.tensors(), _arrays(split), strict=True):
                 tensor.copy_(torch.from_numpy(np.array(array)))
         self.prepared = prepared
-
-    @staticmethod
-    def shape_of_data(prepared: PreparedData) -> tuple[tuple[int, ...], ...]:
-        """The array shapes of the data's splits."""
-        return tuple(
-            np.shape(a) for split in (prepared.train, prepared.val) for a in _arrays(split)
-        )
 
     def has_room(self) -> bool:
         """Whether a slot is free."""
@@ -403,6 +391,12 @@ def _idle_runner(shape: GroupShape, prepared: PreparedData) -> GroupRunner | Non
 
 def _arrays(split: Split) -> tuple[Any, Any, Any]:
     return split.counts, split.bio, split.tech
+
+
+def _layout(prepared: PreparedData) -> tuple[tuple[tuple[int, ...], np.dtype], ...]:
+    """Shape and dtype of every array of the data's splits: what a kept group can load."""
+    splits = prepared.train, prepared.val
+    return tuple((np.shape(a), np.asarray(a).dtype) for s in splits for a in _arrays(s))
 
 
 def _record_epoch(
