@@ -158,11 +158,12 @@ def connect(options: DriverOptions, env: dict[str, str]) -> tuple[int, float, bo
 
     started = False
     address = options.address or os.environ.get("RAY_ADDRESS")
+    # The driver's own W&B callback reads it too, in a Ray that was already running. A Ray
+    # started here passes it on to its workers, which start faster without a runtime_env
+    # (~2 s per batch of worker processes on 2 cores); a cluster's nodes get it through
+    # runtime_env.
+    os.environ.update(env)
     if not ray.is_initialized():
-        # A Ray started here passes this environment on to its workers, which start faster
-        # without a runtime_env (~2 s per batch of worker processes on 2 cores); a cluster's
-        # nodes get it through runtime_env.
-        os.environ.update(env)
         if address:
             try:
                 ray.init(address=address, runtime_env={"env_vars": env})

@@ -48,6 +48,11 @@ TUNE_DRIVER_ENV = {
     # Tune's TensorBoard logger halves the results it takes per second; the CSV and JSON
     # logs of each trial are kept (``tune_callbacks``). Set to 0 for TensorBoard files too.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Ray replaces builtins.print in the driver the first time it prints a worker's log lines
+    # (for its distributed tqdm bars). numba cannot compile a function that calls a Python
+    # print, and scanpy's neighbours (pynndescent) compile one on a cold numba cache: the
+    # embeddings and UMAPs after the sweep then fail in a fresh install.
+    "RAY_TQDM_PATCH_PRINT": "0",
 }
 """Environment of the driver's Tune (each key only where the user has not set it)."""
 OUTPUTS_LOG = "outputs-error.log"
@@ -236,7 +241,8 @@ def publish_outputs(
         summary = replace(summary, outputs=outputs)
         write_summary(folder, summary)
         if folder.local is not None:
-            outputs = benchmark_outputs(folder, summary)  # the scIB table, when installed
+            baselines = sweep.spec.outputs.baselines
+            outputs = benchmark_outputs(folder, summary, baselines)  # when installed
             summary = replace(summary, outputs=outputs)
             write_summary(folder, summary)
         write_sweep_report(folder, summary)
