@@ -171,6 +171,7 @@ class _Slot:
     seeding: dict[str, Any]
     generator: torch.Generator
     started: tuple[float, float]
+    environment: dict[str, Any]  # when it joined: a kept group outlives a git commit
     epoch: int = 0
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -205,7 +206,6 @@ class GroupRunner:
         self.val_set = DeviceSplit.from_split(prepared.val, self.device)
         self.group: TrialGroup | None = None
         self.running: list[tuple[_Slot, Outcome]] = []
-        self.environment = get_environment_info()  # of the process: the same for every trial
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finish")
         self._finishing: list[Future] = []
 
@@ -268,7 +268,7 @@ class GroupRunner:
             self.group = TrialGroup(self.shape, *tensors, model, self.lane)
         started = trial.started or (time.perf_counter(), time.time())
         generator = torch_generator(cfg.seed, self.device)
-        run = _Slot(trial, cfg, -1, seeding, generator, started)
+        run = _Slot(trial, cfg, -1, seeding, generator, started, get_environment_info())
         if trial.resume is None:
             run.slot = self.group.admit(cfg, model.state_dict())
         else:
@@ -451,7 +451,7 @@ def _finish(finished: _Finished, runner: GroupRunner) -> RunResult:
         data=prepared.summary(),
         integration=run.integration,
         seeding=run.seeding,
-        environment=runner.environment,
+        environment=run.environment,
         model_info={**runner.group.model_summary(), "device": str(runner.device)},
         history=run.history,
         fingerprint=fingerprint(finished.model_state, optimizer_states, run.history),
