@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny simulated dataset, prepared once per session, and small configs."""
 
 import os
-from unittest import mock
 
 import pytest
 
@@ -46,8 +45,17 @@ def ray_env(tmp_path_factory):
         "WANDB_SILENT": "true",
         "INVAE_SWEEP_CACHE": str(tmp_path_factory.mktemp("ray-cache")),
     }
-    with mock.patch.dict(os.environ, env):  # local workers inherit the driver's environment
-        yield env
+    # Local workers inherit the driver's environment. Only these keys are put back afterwards:
+    # restoring the whole environment would also take away what Ray set in it (its
+    # RAY_AUTH_MODE), and a Ray started later in this process then cancels every actor.
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
