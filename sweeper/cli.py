@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sweeper.benchmark.records import TRAINED_BASELINES
 from sweeper.overrides import load_configs, parse_overrides
 from trainables.schema import ConfigError
 
@@ -355,6 +356,14 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="invae-benchmark", description=benchmark_main.__doc__)
     parser.add_argument("sweep_dir", help="a finished sweep folder (holding summary.json)")
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        choices=TRAINED_BASELINES,
+        metavar="NAME",
+        help=f"trained baselines beside PCA, of {', '.join(TRAINED_BASELINES)}; none: PCA only "
+        "(default: the sweep's outputs.baselines)",
+    )
     args = parser.parse_args(argv)
     return run_command(parser.prog, lambda: _benchmark(parser.prog, args))
 
@@ -366,7 +375,8 @@ def _benchmark(prog: str, args: argparse.Namespace) -> int:
     missing = missing_reason()
     if missing is not None:
         return _fail(prog, ValueError(missing), EXIT_USAGE)
-    summary, seal = benchmark_sweep(args.sweep_dir)
+    baselines = None if args.baselines is None else tuple(dict.fromkeys(args.baselines))
+    summary, seal = benchmark_sweep(args.sweep_dir, baselines)
     for trial in summary.outputs.benchmark.trials:
         totals = ", ".join(f"{row.embedding} {row.total:.3f}" for row in trial.rows)
         print(f"trial {trial.trial_id}: scIB total {totals} ({args.sweep_dir}/{trial.folder})")

@@ -89,13 +89,16 @@ def write_outputs(
     return Outputs(tuple(best), pca_baseline(data) if data is not None else None)
 
 
-def benchmark_outputs(folder: SweepFolder, summary: Summary) -> Outputs:
-    """The outputs with the scIB benchmark of the embedded best trials (``sweeper.benchmark``)."""
+def benchmark_outputs(folder: SweepFolder, summary: Summary, baselines: tuple[str, ...]) -> Outputs:
+    """The outputs with the scIB benchmark of the embedded best trials (``sweeper.benchmark``).
+
+    ``baselines``: the trained baselines beside PCA (``outputs.baselines``).
+    """
     from sweeper.benchmark.publish import benchmark_best
 
     outputs = summary.outputs or Outputs()
     best = [(b.trial_id, summary.trial(b.trial_id).trial_dir, b.embedding) for b in outputs.best]
-    return replace(outputs, benchmark=benchmark_best(folder, best))
+    return replace(outputs, benchmark=benchmark_best(folder, best, baselines))
 
 
 def best_trials(summary: Summary, n: int) -> list[TrialEntry]:

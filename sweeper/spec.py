@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sweeper.benchmark.records import TRAINED_BASELINES
 from sweeper.search import DATA_PREFIX, check_search
 from trainables.config import (
     PROCESS_WIDE_KEYS,
@@ -151,10 +152,19 @@ class OutputsSpec:
 
     best_n: int = 1  # trials to embed (every cell) and picture; 0: none
     umap: bool = True  # a UMAP of z_i per embedded trial (umap-learn; seconds to minutes)
+    # Trained beside inVAE in the scIB table (when installed); PCA is always there. Each
+    # trains for the trial's epochs on its training cells: [] for a table without them.
+    baselines: tuple[str, ...] = TRAINED_BASELINES
 
     def __post_init__(self):
         if self.best_n < 0:
             raise ConfigError("best_n", f"got {self.best_n!r}; allowed: an integer >= 0")
+        unknown = [b for b in self.baselines if b not in TRAINED_BASELINES]
+        if unknown or len(set(self.baselines)) < len(self.baselines):
+            allowed = ", ".join(TRAINED_BASELINES)
+            raise ConfigError(
+                "baselines", f"got {list(self.baselines)}; allowed: a list of distinct {allowed}"
+            )
 
 
 @dataclass(frozen=True)

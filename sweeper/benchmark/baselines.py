@@ -161,9 +161,14 @@ TRAINED: dict[str, Baseline] = {
 
 
 def baseline_embeddings(
-    cells: Cells, trained: dict[str, Baseline] = TRAINED
+    cells: Cells, names: tuple[str, ...], trained: dict[str, Baseline] = TRAINED
 ) -> tuple[dict[str, tuple[np.ndarray, str]], tuple[str, ...]]:
-    """PCA and every installed trained baseline: ``{name: (embedding, source)}``, and the absent.
+    """PCA and the named trained baselines: ``{name: (embedding, source)}``, and the absent.
+
+    Args:
+        cells: What they train on and embed.
+        names: The trained baselines wanted (``outputs.baselines``), keys of ``trained``.
+        trained: The trained baselines there are.
 
     Returns:
         The embeddings ``(n_cells, n_dims)`` with what made them, and one line per baseline
@@ -173,7 +178,8 @@ def baseline_embeddings(
 
     embeddings = {"PCA": pca(cells)}
     absent = []
-    for name, baseline in trained.items():
+    for name in names:
+        baseline = trained[name]
         if importlib.util.find_spec(baseline.module) is None:
             absent.append(f"{name}: {baseline.module} is not installed ({baseline.install})")
             continue

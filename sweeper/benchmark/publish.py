@@ -23,6 +23,7 @@ from sweeper.benchmark.records import (
     PLOT_FILE,
     RECORD_FILE,
     TABLE_FILE,
+    TRAINED_BASELINES,
     Benchmark,
     TrialBenchmark,
 )
@@ -35,12 +36,15 @@ from trainables.schema import config_to_dict, read_record
 INVAE = "inVAE"  # the row of the trial's z_i
 
 
-def benchmark_best(folder: SweepFolder, best: list[tuple[str, str, str]]) -> Benchmark:
+def benchmark_best(
+    folder: SweepFolder, best: list[tuple[str, str, str]], baselines: tuple[str, ...]
+) -> Benchmark:
     """Benchmark each best trial's embedding; without scib-metrics, say why there is no table.
 
     Args:
         folder: The sweep folder (local or shared filesystem).
         best: ``(trial id, trial folder, embedding file)`` per trial, paths relative to it.
+        baselines: The trained baselines beside PCA (``outputs.baselines``).
 
     Raises:
         ResultFileError: A trial's ``run.json``, ``model.pt`` or embedding is missing or corrupt.
@@ -50,12 +54,12 @@ def benchmark_best(folder: SweepFolder, best: list[tuple[str, str, str]]) -> Ben
         return Benchmark(absent=missing)
     if not best:
         return Benchmark(library=scib.library(), absent="no trial was embedded (outputs.best_n)")
-    trials = tuple(benchmark_trial(folder, *entry) for entry in best)
+    trials = tuple(benchmark_trial(folder, *entry, baselines) for entry in best)
     return Benchmark(library=scib.library(), trials=trials)
 
 
 def benchmark_trial(
-    folder: SweepFolder, trial_id: str, trial_dir: str, embedding: str
+    folder: SweepFolder, trial_id: str, trial_dir: str, embedding: str, baselines: tuple[str, ...]
 ) -> TrialBenchmark:
     """Train the baselines on the trial's training cells and score every embedding of its cells."""
     out = f"{BENCHMARK_DIR}/{trial_id}"
@@ -63,7 +67,7 @@ def benchmark_trial(
         return read_record(TrialBenchmark, folder.local / out / RECORD_FILE)
     started = time.perf_counter()
     cells, z_i, obs, keys = trial_cells(folder.local / trial_dir, folder.local / embedding)
-    embeddings, absent = baseline_embeddings(cells)
+    embeddings, absent = baseline_embeddings(cells, baselines)
     sources = {INVAE: f"invae-sweep trial {trial_id} z_i, {cells.config.n_epochs} epochs"}
     sources |= {name: source for name, (_, source) in embeddings.items()}
     arrays = {INVAE: z_i} | {name: z for name, (z, _) in embeddings.items()}
@@ -146,8 +150,13 @@ def _write_embeddings(path: Path, obs, arrays: dict[str, np.ndarray], sources: d
     write_embedding(ad.AnnData(obs=obs), arrays, path, {"sources": sources})
 
 
-def benchmark_sweep(location: str | Path) -> tuple[Summary, str]:
+def benchmark_sweep(
+    location: str | Path, baselines: tuple[str, ...] | None = None
+) -> tuple[Summary, str]:
     """Benchmark a finished sweep's embedded best trials; update its summary and report, reseal.
+
+    ``baselines``: the trained baselines beside PCA; None: the sweep's own
+    (``outputs.baselines`` in its ``sweep.json``). A trial benchmarked before keeps its table.
 
     The folder must be intact against its seal (``SHA256SUMS``): files are only added (under
     ``benchmark/``) and ``summary.json`` and the reports rewritten with the table, then the
@@ -177,7 +186,10 @@ def benchmark_sweep(location: str | Path) -> tuple[Summary, str]:
             "no embedded trial to benchmark (the sweep ran with outputs.best_n: 0, or its "
             "outputs failed)",
         )
-    summary = replace(summary, outputs=benchmark_outputs(folder, summary))
+    if baselines is None:
+        raw = folder.read_json("sweep.json").get("spec", {}).get("outputs", {})
+        baselines = tuple(raw.get("baselines", TRAINED_BASELINES))
+    summary = replace(summary, outputs=benchmark_outputs(folder, summary, baselines))
     write_summary(folder, summary)
     write_sweep_report(folder, summary)
     _log_to_wandb(folder, summary)

@@ -9,6 +9,7 @@ RECORD_FILE = "benchmark.json"  # a trial's TrialBenchmark, in its folder
 TABLE_FILE = "scib_results.csv"
 PLOT_FILE = "scib_results.png"
 EMBEDDINGS_FILE = "embeddings.h5ad"  # every cell's embedding of each row, as scored
+TRAINED_BASELINES = ("FinVAE", "scVI")  # trained beside inVAE when installed; PCA always
 
 
 @dataclass(frozen=True)
