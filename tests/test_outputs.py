@@ -84,6 +84,8 @@ def test_sweep_report_has_figures_and_the_pca_row(tmp_path):
             "scheduler",
         ),
         ({"outputs.best_n": -1}, "outputs.best_n"),
+        ({"outputs.baselines": ["scvi"]}, "outputs.baselines"),
+        ({"outputs.baselines": ["scVI", "scVI"]}, "outputs.baselines"),
     ],
 )
 def test_integration_metric_rules(overrides, key):
