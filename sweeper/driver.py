@@ -159,7 +159,7 @@ def run_trials(
         if placement.in_groups:  # the reference is held while the hosts live
             shared = ray.put(shared) if shared is not None else None
             hosts = TrainingHosts.start(n_gpus, placement.host_slots, shared)
-        ending = ExperimentEnd()
+        ending = ExperimentEnd(sweep.spec.n_trials)
         callbacks = [*extra_callbacks, ending]
         tuner = _make_tuner(sweep, folder, placement, (shared, hosts), options.resume, callbacks)
         grid = tuner.fit()
@@ -181,32 +181,25 @@ class SweepInterrupted(KeyboardInterrupt):
 
 
 class ExperimentEnd(Callback):
-    """Counts the trials Tune left unfinished when its run ended.
+    """Counts the sweep's trials that had not ended when Tune's run did.
 
-    After a Ctrl-C, Tune stops the trials, saves its state, marks every trial terminated and
-    returns as if done. A trial ended when it completed or errored in this run, or was already
-    terminated when a step of the run saw it (finished before a resume).
+    A trial ended when it errored or its last result is done: it trained every epoch, or the
+    scheduler stopped it. After a Ctrl-C Tune stops the running trials, marks them terminated
+    and returns as if done, and trials the searcher had not suggested yet are not among its
+    trials at all: hence the count against the sweep's own number of trials.
     """
 
-    def __init__(self):
+    def __init__(self, n_trials: int):
+        self.n_trials = n_trials
         self.unfinished = 0
-        self._ended: set[str] = set()
-
-    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        """Note the trials that have ended, as the loop sees them."""
-        self._ended.update(t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR"))
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any):
-        """Note a trial that completed."""
-        self._ended.add(trial.trial_id)
-
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any):
-        """Note a trial that errored."""
-        self._ended.add(trial.trial_id)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """Count the trials that did not end."""
-        self.unfinished = sum(t.trial_id not in self._ended for t in trials)
+        ended = sum(
+            t.status == "ERROR" or (t.status == "TERMINATED" and bool(t.last_result.get("done")))
+            for t in trials
+        )
+        self.unfinished = self.n_trials - ended
 
 
 def _stop(hosts: TrainingHosts | None, started: bool) -> None:
@@ -295,14 +288,24 @@ def _make_tuner(
     )
     trainable = tune.with_resources(trainable, placement.resources)
     search = tune_search(sweep, placement.max_concurrent(spec.max_concurrent_trials))
+    callbacks = [*tune_callbacks(sweep, folder), *callbacks]
     if resume:
-        return tune.Tuner.restore(
+        tuner = tune.Tuner.restore(
             folder.location,
             trainable=trainable,
             param_space=search.param_space,
             resume_unfinished=True,
             resume_errored=True,
         )
+        # Tune runs a restored sweep with the callbacks pickled when its first run started
+        # (Tuner.restore takes none): this run's own go in their place, or a Ctrl-C of the
+        # resumed run would go unnoticed. Only the search's stay the restored ones: they
+        # hold the restored searcher.
+        run_config = tuner._local_tuner.get_run_config()
+        kinds = tuple(type(c) for c in search.callbacks)
+        restored = [c for c in run_config.callbacks or [] if kinds and isinstance(c, kinds)]
+        run_config.callbacks = [*callbacks, *restored]
+        return tuner
     scheduler = None
     if spec.scheduler is not None:
         scheduler = ASHAScheduler(
@@ -329,7 +332,7 @@ def _make_tuner(
         run_config=tune.RunConfig(
             name=folder.name,
             storage_path=folder.storage_path,
-            callbacks=[*tune_callbacks(sweep, folder), *callbacks, *search.callbacks],
+            callbacks=[*callbacks, *search.callbacks],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             sync_config=tune.SyncConfig(sync_artifacts=True),  # run.json + model.pt

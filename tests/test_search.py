@@ -259,8 +259,12 @@ def test_an_interrupted_adaptive_sweep_resumes_to_the_same_trials(
     monkeypatch.setattr(
         BatchedTPE, "restore", lambda self, path: restored.append(path) or restore(self, path)
     )
+    again = InterruptOnce(tmp_path / "interrupted-again", after=1)  # Ctrl-C of the resumed run
+    with pytest.raises(SweepInterrupted):
+        run_sweep(sweep, DriverOptions(gpus=0, resume=True), extra_callbacks=[again])
+    assert not (tmp_path / "resumed" / "summary.json").exists()
     resumed = run_sweep(sweep, DriverOptions(gpus=0, resume=True)).summary
-    assert len(restored) == 1  # Tune handed the resumed sweep the searcher's saved state
+    assert len(restored) == 2  # Tune handed each resumed run the searcher's saved state
     assert trials_by_slot(resumed) == trials_by_slot(uninterrupted[0].summary)
     assert verify_main([str(tmp_path / "resumed")]) == 0
 

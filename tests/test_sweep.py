@@ -270,3 +270,16 @@ def test_storage_given_as_a_uri_goes_through_pyarrow(ray_session, tmp_path, monk
     assert (folder / summary.trials[0].run_json).exists()
     assert (folder / "best" / "model.pt").exists() and (folder / "results.csv").exists()
     assert list((tmp_path / "runs" / "uri" / "wandb").glob("offline-run-*"))
+
+
+def test_trials_asha_stops_early_end_the_sweep_it_is_not_an_interruption(ray_session, tmp_path):
+    overrides = {
+        "seeds": [0],
+        "replicates": 1,
+        "search": {"learning_rate": {"grid": [1e-2, 1e-3, 1e-4, 1e-5]}},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "max_concurrent_trials": 1,  # in turn, best first: the later ones fall below its rungs
+    }
+    summary = run_sweep(smoke_sweep(tmp_path, "asha", **overrides), DriverOptions(gpus=0)).summary
+    epochs = sorted(int(t.metrics["epoch"]) for t in summary.trials)
+    assert len(epochs) == 4 and epochs[0] < 5 == epochs[-1]  # some stopped early, one finished
