@@ -115,6 +115,15 @@ def test_invae_benchmark_adds_the_table_to_a_finished_sweep_and_reseals(sweeps, 
 
 
 @pytest.mark.ray
+def test_invae_benchmark_trains_the_baselines_the_sweep_recorded(sweeps, tmp_path, capsys):
+    folder = tmp_path / "without"
+    shutil.copytree(sweeps["storage"] / "without", folder)
+    assert benchmark_main([str(folder)]) == 0  # sweep.json: outputs.baselines: [] (smoke)
+    (trial,) = load_summary(folder).outputs.benchmark.trials
+    assert sorted(row.embedding for row in trial.rows) == ["PCA", "inVAE"] and trial.absent == ()
+
+
+@pytest.mark.ray
 def test_invae_benchmark_refuses_a_folder_that_no_longer_matches_its_seal(sweeps, tmp_path, capsys):
     folder = tmp_path / "without"
     shutil.copytree(sweeps["storage"] / "without", folder)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,11 +24,10 @@ from sweeper.benchmark.records import (
     PLOT_FILE,
     RECORD_FILE,
     TABLE_FILE,
-    TRAINED_BASELINES,
     Benchmark,
     TrialBenchmark,
 )
-from sweeper.results import Summary
+from sweeper.results import SPEC_FILE, Summary
 from sweeper.storage import SweepFolder
 from trainables.constants import RUN_FILE
 from trainables.files import ResultFileError
@@ -187,8 +187,9 @@ def benchmark_sweep(
             "outputs failed)",
         )
     if baselines is None:
-        raw = folder.read_json("sweep.json").get("spec", {}).get("outputs", {})
-        baselines = tuple(raw.get("baselines", TRAINED_BASELINES))
+        from sweeper.spec import OutputsSpec
+
+        baselines = _recorded_spec(folder, OutputsSpec, "outputs").baselines
     summary = replace(summary, outputs=benchmark_outputs(folder, summary, baselines))
     write_summary(folder, summary)
     write_sweep_report(folder, summary)
@@ -214,11 +215,16 @@ def _check_sealed(folder: SweepFolder, seal_file: str) -> None:
 def _log_to_wandb(folder: SweepFolder, summary: Summary) -> None:
     """The benchmark as a W&B run of the sweep's group, unless the sweep disabled W&B."""
     from sweeper.spec import WandbSpec
-    from trainables.schema import record_from_dict
 
-    raw = folder.read_json("sweep.json").get("spec", {})
-    spec = record_from_dict(WandbSpec, raw.get("wandb", {}))
+    spec = _recorded_spec(folder, WandbSpec, "wandb")
     if spec.mode != "disabled":
         from sweeper.tracking import log_benchmark_run
 
         log_benchmark_run(spec, summary, folder.local)
+
+
+def _recorded_spec(folder: SweepFolder, record_type: type, key: str) -> Any:
+    """A section of the sweep file as recorded in ``sweep.json`` (its defaults where absent)."""
+    from trainables.schema import record_from_dict
+
+    return record_from_dict(record_type, folder.read_json(SPEC_FILE).get("spec", {}).get(key, {}))
