@@ -372,10 +372,14 @@ def _benchmark(prog: str, args: argparse.Namespace) -> int:
     from sweeper.benchmark.publish import benchmark_sweep
     from sweeper.benchmark.scib import missing_reason
 
+    if args.baselines is not None and len(set(args.baselines)) < len(args.baselines):
+        allowed = ", ".join(TRAINED_BASELINES)
+        why = f"--baselines: got {' '.join(args.baselines)}; allowed: distinct names of {allowed}"
+        return _fail(prog, ValueError(why), EXIT_USAGE)
     missing = missing_reason()
     if missing is not None:
         return _fail(prog, ValueError(missing), EXIT_USAGE)
-    baselines = None if args.baselines is None else tuple(dict.fromkeys(args.baselines))
+    baselines = None if args.baselines is None else tuple(args.baselines)
     summary, seal = benchmark_sweep(args.sweep_dir, baselines)
     for trial in summary.outputs.benchmark.trials:
         totals = ", ".join(f"{row.embedding} {row.total:.3f}" for row in trial.rows)

@@ -151,6 +151,13 @@ def test_invae_benchmark_bad_input_is_one_line_exit_2(tmp_path, capsys, make, ex
     assert expected in err
 
 
+def test_invae_benchmark_refuses_a_repeated_baseline_in_one_line(tmp_path, capsys):
+    assert benchmark_main([str(tmp_path), "--baselines", "scVI", "scVI"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("invae-benchmark: error: --baselines")
+    assert "distinct" in err and not (tmp_path / BENCHMARK_DIR).exists()
+
+
 def test_invae_benchmark_without_scib_metrics_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     without_scib(monkeypatch)
     assert benchmark_main([str(tmp_path)]) == 2
