@@ -8,6 +8,11 @@ first epoch's seconds, torch's peak GPU memory, and whether the middle slot's tr
 the bits of the trial alone:
 
     python scripts/bench_group.py --widths 1,8,16,32 --epochs 20 --json bench_group.json
+
+``--groups 2,4`` adds, per width, rows of that many full groups trained side by side by one
+training host (``trainables.host.TrainingHost``, as a sweep's GPU process does: each group's
+epoch queued on its own CUDA stream before any is read), e.g. 64 trials as 4 groups of 16 or
+16 trials as 4 groups of 4.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import yaml
 
 from trainables.config import DataConfig, load_train_config
 from trainables.data import prepare_data
+from trainables.host import TrainingHost
 from trainables.train import Trial, train_group
 
 
@@ -61,11 +67,52 @@ def measure(data, width: int, epochs: int, device: str, fill: bool, overrides: d
     }
 
 
+def measure_host(data, width: int, groups: int, epochs: int, device: str, overrides: dict):
+    """Train ``groups`` full groups of ``width`` trials side by side on one training host."""
+    base = load_train_config(overrides={**overrides, "device": device, "n_epochs": epochs})
+    base = dataclasses.replace(base, group_width=width)
+    n = width * groups
+    configs = [base] + [
+        dataclasses.replace(base, seed=s, learning_rate=1e-3 * (1 + s % 3)) for s in range(n - 1)
+    ]
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    host = TrainingHost(slots=n, data=data)
+    start = time.perf_counter()
+    for i, cfg in enumerate(configs):
+        host.start(str(i), cfg, None)
+    results = {}
+    while len(results) < n:
+        for key in (str(i) for i in range(n) if str(i) not in results):
+            for item in host.take(key, timeout=0.05):
+                if item[0] == "failed":
+                    raise item[1]
+                if item[0] == "done":
+                    results[key] = item[1]
+    wall = time.perf_counter() - start
+    mine = results["0"]
+    epoch_s = statistics.median(mine.timing["epoch_s"][2:])
+    return {
+        "width": width,
+        "groups": groups,
+        "trials": n,
+        "ms_per_epoch": 1000 * epoch_s,
+        "epochs_per_s_training": n / epoch_s,
+        "epochs_per_s_wall": n * epochs / wall,
+        "first_epoch_s": mine.timing["epoch_s"][0],
+        "gpu_memory_gib": (
+            torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+        ),
+        "weights": mine.fingerprint.weights,
+    }
+
+
 def main() -> None:
     """Print the table (and write it as JSON with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", default="1,8,16,32")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--groups", default="", help="also: this many groups side by side")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--set",
@@ -83,21 +130,24 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device={name} torch={torch.__version__} cuda={torch.version.cuda} {args.set}")
     print(
-        "| W | trials | ms/epoch | epochs/s training | epochs/s wall | first epoch s "
+        "| W | groups | trials | ms/epoch | epochs/s training | epochs/s wall | first epoch s "
         "| GPU GiB | slot bits = alone |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for width in (int(w) for w in args.widths.split(",")):
         alone = measure(data, width, args.epochs, args.device, False, overrides)
         runs = [alone]
         if width > 1:
             runs.append(measure(data, width, args.epochs, args.device, True, overrides))
+        for groups in (int(g) for g in args.groups.split(",") if g):
+            runs.append(measure_host(data, width, groups, args.epochs, args.device, overrides))
         for row in runs:
             row["same_bits_as_alone"] = row["weights"] == alone["weights"]
             memory = "-" if row["gpu_memory_gib"] is None else f"{row['gpu_memory_gib']:.1f}"
             print(
-                f"| {row['width']} | {row['trials']} | {row['ms_per_epoch']:.1f} "
+                f"| {row['width']} | {row.get('groups', 1)} | {row['trials']} "
+                f"| {row['ms_per_epoch']:.1f} "
                 f"| {row['epochs_per_s_training']:.0f} | {row['epochs_per_s_wall']:.0f} "
                 f"| {row['first_epoch_s']:.1f} | {memory} | {row['same_bits_as_alone']} |",
                 flush=True,

@@ -40,6 +40,7 @@ import yaml
 
 from sweeper.driver import run_sweep
 from sweeper.options import DriverOptions
+from sweeper.results import COMPLETED
 from sweeper.spec import load_sweep
 from trainables.run_record import load_run
 
@@ -120,7 +121,12 @@ def run_packing(
         summary = run_sweep(sweep, DriverOptions(gpus=1)).summary
     wall = time.time() - started
     folder = storage / sweep.spec.name
-    timings = [load_run(folder / t.trial_dir).timing for t in summary.trials]
+    # Figures of the trials that completed (a failed trial leaves no run.json; "completed"
+    # says how many there were).
+    completed = [t for t in summary.trials if t.status == COMPLETED]
+    if not completed:
+        raise SystemExit(f"{sweep.spec.name}: no trial completed; see {folder}")
+    timings = [load_run(folder / t.trial_dir).timing for t in completed]
     span = max(t["finished_unix"] for t in timings) - min(t["started_unix"] for t in timings)
     slots = min(k, n_trials)
     per_trial = statistics.median(

@@ -91,6 +91,29 @@ def test_trainings_side_by_side_in_one_process_keep_their_bits(gpu_config, tiny_
             assert alone.train_config.group_width == 16
 
 
+def test_groups_training_side_by_side_on_their_streams_keep_their_bits(gpu_config, tiny_data):
+    """Three groups of one process (two shapes, one beyond a group's width) replay at once."""
+    from trainables.host import TrainingHost
+
+    cfg = dataclasses.replace(gpu_config, n_epochs=6, group_width=4)
+    wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden=(24, 24)))
+    configs = {f"s{i}": dataclasses.replace(cfg, seed=i % 3) for i in range(6)}
+    configs |= {"w0": wider, "w1": dataclasses.replace(wider, seed=7, n_epochs=4)}
+    host = TrainingHost(slots=len(configs), data=tiny_data)
+    for key, c in configs.items():
+        assert host.start(key, c, None)
+    results = {}
+    while len(results) < len(configs):
+        for key in set(configs) - set(results):
+            for item in host.take(key, timeout=0.1):
+                if item[0] != "epoch":
+                    assert item[0] == "done", item
+                    results[key] = item[1]
+    assert len(host._runners) == 3
+    for key, c in configs.items():
+        assert results[key].fingerprint == train(c, tiny_data).fingerprint, key
+
+
 def test_a_checkpoint_taken_beside_other_trainings_resumes_bit_for_bit(gpu_config, tiny_data):
     from trainables.host import TrainingHost
 

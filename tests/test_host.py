@@ -109,3 +109,23 @@ def test_trainings_of_one_shape_train_in_one_group_keeping_their_bits(tiny_train
     for key, c in configs.items():
         assert ends[key][0] == "done"
         assert ends[key][1].fingerprint == train(c, tiny_data).fingerprint, key
+
+
+def test_groups_of_other_shapes_and_beyond_a_groups_width_keep_their_bits(
+    tiny_train_config, tiny_data
+):
+    """Five trainings of two shapes in groups of 2: three groups, stepped side by side."""
+    cfg = dataclasses.replace(tiny_train_config, group_width=2)
+    wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden=(24,)))
+    configs = {f"s{i}": dataclasses.replace(cfg, seed=i) for i in range(3)}
+    configs |= {"w0": wider, "w1": dataclasses.replace(wider, seed=7, n_epochs=2)}
+    host = TrainingHost(slots=5, data=tiny_data)
+    for key, c in configs.items():
+        assert host.start(key, c, None)
+    ends = {key: collect(host, key) for key in configs}
+    assert len(host._runners) == 3
+    for key, c in configs.items():
+        rows, (kind, result) = ends[key]
+        assert kind == "done", result
+        assert len(rows) == c.n_epochs
+        assert result.fingerprint == train(c, tiny_data).fingerprint, key

@@ -45,20 +45,30 @@ class Lane:
                 self.main, self.capture, self.warmup = (new_stream() for _ in range(3))
 
 
-def host_values(values: Tensor) -> list[float]:
-    """``values.tolist()``, waiting for the GPU without holding Python's GIL.
+class HostCopy:
+    """A device tensor's values on their way to the host; :meth:`values` waits for them.
 
-    A blocking copy to the host holds the GIL while the GPU finishes, and so stalls every
-    other training of the process; waiting on an event lets them go on launching work.
+    The copy starts when the object is made, on the current stream.
+
+    Waiting on an event, not on a blocking copy, leaves Python's GIL free meanwhile, and a
+    caller can start more work (other groups' epochs) before it waits.
     """
-    if values.device.type != "cuda":
-        return values.tolist()
-    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-    host.copy_(values, non_blocking=True)
-    copied = torch.cuda.Event()
-    copied.record()
-    copied.synchronize()
-    return host.tolist()
+
+    def __init__(self, values: Tensor):
+        self._event: torch.cuda.Event | None = None
+        if values.device.type != "cuda":
+            self._host = values.clone()
+            return
+        self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        self._host.copy_(values, non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
+
+    def values(self) -> list:
+        """The values, as ``Tensor.tolist()`` gives them, once the copy has arrived."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
 
 
 def new_stream() -> torch.cuda.ExternalStream:

@@ -3,8 +3,9 @@
 A :class:`TrainingHost` takes trainings (:meth:`TrainingHost.start`) and trains them in one
 thread of its own: trainings of one shape join one group (``trainables.train.GroupRunner``,
 ``trainables.fused``) at its next epoch boundary, so up to ``group_width`` of them are one
-batched computation; trainings of other shapes get groups of their own, stepped in turn. It
-queues what each training reports; whoever started a training collects its epochs with
+batched computation; trainings of other shapes (or beyond a group's width) get groups of
+their own, whose epochs run side by side on the GPU, each on its own CUDA stream. It queues
+what each training reports; whoever started a training collects its epochs with
 :meth:`TrainingHost.take`. Every training ends with the bits it has when it trains alone.
 
 :class:`TrainingHost` needs no Ray. A sweep runs one per GPU as a Ray actor
@@ -180,8 +181,10 @@ class TrainingHost:
                 waiting, self._waiting = self._waiting, []
             for training in waiting:
                 self._admit(training)
+            for runner in self._runners:  # every group's epoch is queued before any is read,
+                runner.start_epoch()  # so the groups' streams train side by side on the GPU
             for runner in self._runners:
-                runner.run_epoch()
+                runner.finish_epoch()
 
     def _admit(self, training: _Training) -> None:
         try:

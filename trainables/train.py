@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.concurrency import PROCESS_LOCK, Lane, host_values
+from trainables.concurrency import PROCESS_LOCK, HostCopy, Lane
 from trainables.config import DataConfig, TrainConfig
 from trainables.fingerprint import fingerprint
 from trainables.fused import (
@@ -202,12 +202,14 @@ class GroupRunner:
         self.shape, self.prepared = shape, prepared
         self.device = torch.device(shape.device)
         self.lane = Lane(self.device)
-        self.train_set = DeviceSplit.from_split(prepared.train, self.device)
-        self.val_set = DeviceSplit.from_split(prepared.val, self.device)
+        with self.on_lane():
+            self.train_set = DeviceSplit.from_split(prepared.train, self.device)
+            self.val_set = DeviceSplit.from_split(prepared.val, self.device)
         self.group: TrialGroup | None = None
         self.running: list[tuple[_Slot, Outcome]] = []
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finish")
         self._finishing: list[Future] = []
+        self._pending: _Epoch | None = None  # launched by start_epoch, not yet finished
 
     @staticmethod
     def shape_of(cfg: TrainConfig, prepared: PreparedData) -> GroupShape:
@@ -231,9 +233,11 @@ class GroupRunner:
             return
         if self.running or not self.can_load(prepared):
             raise ValueError("the group cannot take these data now")
-        for device_split, split in ((self.train_set, prepared.train), (self.val_set, prepared.val)):
-            for tensor, array in zip(device_split.tensors(), _arrays(split), strict=True):
-                tensor.copy_(torch.from_numpy(np.array(array)))
+        splits = (self.train_set, prepared.train), (self.val_set, prepared.val)
+        with self.on_lane():
+            for device_split, split in splits:
+                for tensor, array in zip(device_split.tensors(), _arrays(split), strict=True):
+                    tensor.copy_(torch.from_numpy(np.array(array)))
         self.prepared = prepared
 
     def has_room(self) -> bool:
@@ -257,62 +261,91 @@ class GroupRunner:
             except ValueError as err:
                 on_end(err)
                 return
-        with PROCESS_LOCK:  # the global RNGs: parameters are drawn from them
-            seeding = set_seed(
-                cfg.seed, cfg.deterministic, cfg.cpu_threads, cfg.cuda_matmul_precision
-            )
-            n_features = self.prepared.n_genes, self.prepared.n_bio, self.prepared.n_tech
-            model = InVAE(*n_features, cfg.model).to(self.device)
-        if self.group is None:
-            tensors = self.train_set.tensors(), self.val_set.tensors()
-            self.group = TrialGroup(self.shape, *tensors, model, self.lane)
-        started = trial.started or (time.perf_counter(), time.time())
-        generator = torch_generator(cfg.seed, self.device)
-        run = _Slot(trial, cfg, -1, seeding, generator, started, get_environment_info())
-        if trial.resume is None:
-            run.slot = self.group.admit(cfg, model.state_dict())
-        else:
-            run.epoch, run.step, run.history = progress
-            generator.set_state(trial.resume["shuffle_generator"])
-            state = trial.resume["model"], trial.resume["optimizer"]
-            run.slot = self.group.admit(cfg, *state, step=run.step)
+        with self.on_lane():
+            with PROCESS_LOCK:  # the global RNGs: parameters are drawn from them
+                seeding = set_seed(
+                    cfg.seed, cfg.deterministic, cfg.cpu_threads, cfg.cuda_matmul_precision
+                )
+                n_features = self.prepared.n_genes, self.prepared.n_bio, self.prepared.n_tech
+                model = InVAE(*n_features, cfg.model).to(self.device)
+            if self.group is None:
+                tensors = self.train_set.tensors(), self.val_set.tensors()
+                self.group = TrialGroup(self.shape, *tensors, model, self.lane)
+            started = trial.started or (time.perf_counter(), time.time())
+            generator = torch_generator(cfg.seed, self.device)
+            run = _Slot(trial, cfg, -1, seeding, generator, started, get_environment_info())
+            if trial.resume is None:
+                run.slot = self.group.admit(cfg, model.state_dict())
+            else:
+                run.epoch, run.step, run.history = progress
+                generator.set_state(trial.resume["shuffle_generator"])
+                state = trial.resume["model"], trial.resume["optimizer"]
+                run.slot = self.group.admit(cfg, *state, step=run.step)
         self.running.append((run, on_end))
+
+    def on_lane(self):
+        """A context in which work runs on the group's own CUDA stream (none on the CPU).
+
+        Everything that touches the group's tensors runs there, in order: admissions, data
+        loads, epochs, reads of a slot.
+        """
+        return torch.cuda.stream(self.lane.main) if self.lane.main is not None else nullcontext()
 
     def run_epoch(self) -> None:
         """Train every trial of the group one epoch; end those that are done or failed."""
-        if not self.running:
+        self.start_epoch()
+        self.finish_epoch()
+
+    def start_epoch(self) -> None:
+        """Launch an epoch of every trial of the group; :meth:`finish_epoch` reads it.
+
+        On a GPU this returns once the epoch is queued on the group's stream, so a process
+        can launch the epochs of its other groups before it waits for any (their streams run
+        side by side on the GPU).
+        """
+        if not self.running or self._pending is not None:
             return
         group, shape = self.group, self.shape
         tick = time.perf_counter()
-        placed = group.placeholder_batches()
-        for run, _ in self.running:
-            placed[run.slot] = minibatches(
-                shape.n_train, shape.batch_size, run.generator, self.device
-            )
-        sums = host_values(group.run_epoch(placed))
-        when = time.perf_counter() - tick, time.time()
-        still = []
-        for run, on_end in self.running:
-            try:
-                row = _record_epoch(run, group, sums[run.slot], placed.shape[1], when)
-                if run.epoch < run.cfg.n_epochs:
-                    state = lambda run=run: training_state(run, group.slot_state(run.slot))  # noqa: E731
-                    _report(run, row, state)
-                    still.append((run, on_end))
+        with self.on_lane():
+            placed = group.placeholder_batches()
+            for run, _ in self.running:
+                placed[run.slot] = minibatches(
+                    shape.n_train, shape.batch_size, run.generator, self.device
+                )
+            sums = HostCopy(group.run_epoch(placed))
+        self._pending = _Epoch(tick, placed.shape[1], sums)
+
+    def finish_epoch(self) -> None:
+        """Wait for the epoch :meth:`start_epoch` launched; report it; end trials done or failed."""
+        if self._pending is None:
+            return
+        epoch, self._pending = self._pending, None
+        sums = epoch.sums.values()
+        when = time.perf_counter() - epoch.started, time.time()
+        group, still = self.group, []
+        with self.on_lane():
+            for run, on_end in self.running:
+                try:
+                    row = _record_epoch(run, group, sums[run.slot], epoch.n_batches, when)
+                    if run.epoch < run.cfg.n_epochs:
+                        state = lambda run=run: training_state(run, group.slot_state(run.slot))  # noqa: E731
+                        _report(run, row, state)
+                        still.append((run, on_end))
+                        continue
+                    # Scored and written beside the group's next epochs, not before them.
+                    model_state, optimizer_state = group.slot_state(run.slot)
+                    every = run.trial.checkpoint_every
+                    last_is_checkpoint = every and run.epoch % every == 0
+                    snapshot = model_state, optimizer_state
+                    state = training_state(run, snapshot) if last_is_checkpoint else None
+                    finished = _Finished(run, row, model_state, optimizer_state, state)
+                    group.release(run.slot)
+                    self._finishing.append(self._pool.submit(self._end, finished, on_end))
                     continue
-                # Scored and written beside the group's next epochs, not before them.
-                model_state, optimizer_state = group.slot_state(run.slot)
-                every = run.trial.checkpoint_every
-                last_is_checkpoint = every and run.epoch % every == 0
-                snapshot = model_state, optimizer_state
-                state = training_state(run, snapshot) if last_is_checkpoint else None
-                finished = _Finished(run, row, model_state, optimizer_state, state)
-                group.release(run.slot)
-                self._finishing.append(self._pool.submit(self._end, finished, on_end))
-                continue
-            except Exception as err:  # this trial alone ends; the others go on
-                group.release(run.slot)
-                on_end(err)
+                except Exception as err:  # this trial alone ends; the others go on
+                    group.release(run.slot)
+                    on_end(err)
         self.running = still
 
     def _end(self, finished: _Finished, on_end: Outcome) -> None:
@@ -354,13 +387,11 @@ def train_group(trials: list[Trial], prepared: PreparedData) -> list[RunResult |
         raise ValueError(f"{len(trials)} trials do not fit a group of width {shape.width}")
     outcomes: list[RunResult | Exception | None] = [None] * len(trials)
     runner = _idle_runner(shape, prepared) or GroupRunner(shape, prepared)
-    on_its_stream = torch.cuda.stream(runner.lane.main) if runner.lane.main else nullcontext()
-    with on_its_stream:
-        for i, trial in enumerate(trials):
-            runner.add(trial, lambda outcome, i=i: outcomes.__setitem__(i, outcome))
-        while runner.running:
-            runner.run_epoch()
-        runner.wait()
+    for i, trial in enumerate(trials):
+        runner.add(trial, lambda outcome, i=i: outcomes.__setitem__(i, outcome))
+    while runner.running:
+        runner.run_epoch()
+    runner.wait()
     if runner.lane.main is not None:
         runner.lane.main.synchronize()  # nothing of these trials may run on when it is reused
     with PROCESS_LOCK:
@@ -422,6 +453,15 @@ def _report(run: _Slot, row: dict[str, float], state: Callable[[], dict[str, Any
         report(row, state())
     elif report is not None:
         report(row)
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    """A group's epoch launched by ``GroupRunner.start_epoch``, not yet read."""
+
+    started: float  # perf_counter
+    n_batches: int
+    sums: HostCopy
 
 
 @dataclass(frozen=True)
