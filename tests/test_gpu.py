@@ -62,19 +62,13 @@ def test_later_trials_in_one_process_need_no_more_gpu_memory(gpu_config, tiny_da
     assert peaks[2] <= peaks[0]
 
 
-@pytest.mark.parametrize("graphs", [True, False])
-def test_trainings_side_by_side_in_one_process_keep_their_bits(gpu_config, tiny_data, graphs):
-    """Eight trainings in one group of 16 on one GPU (other seeds, rates, slots) end as alone."""
+def train_on_one_host(configs, data, checkpoint_every=0, groups=None):
+    """Train every config at once on one ``TrainingHost``; their results by key."""
     from trainables.host import TrainingHost
 
-    cfg = dataclasses.replace(gpu_config, cuda_graphs=graphs, n_epochs=6, group_width=16)
-    rates = (1e-3, 3e-3)
-    configs = {
-        f"t{i}": dataclasses.replace(cfg, seed=i % 3, learning_rate=rates[i % 2]) for i in range(8)
-    }
-    host = TrainingHost(slots=8, data=tiny_data)
+    host = TrainingHost(slots=len(configs), data=data)
     for key, c in configs.items():
-        assert host.start(key, c, None, checkpoint_every=3)
+        assert host.start(key, c, None, checkpoint_every=checkpoint_every)
     results = {}
     while len(results) < len(configs):
         for key in set(configs) - set(results):
@@ -82,6 +76,20 @@ def test_trainings_side_by_side_in_one_process_keep_their_bits(gpu_config, tiny_
                 if item[0] != "epoch":
                     assert item[0] == "done", item
                     results[key] = item[1]
+    if groups is not None:
+        assert len(host._runners) == groups
+    return results
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_trainings_side_by_side_in_one_process_keep_their_bits(gpu_config, tiny_data, graphs):
+    """Eight trainings in one group of 16 on one GPU (other seeds, rates, slots) end as alone."""
+    cfg = dataclasses.replace(gpu_config, cuda_graphs=graphs, n_epochs=6, group_width=16)
+    rates = (1e-3, 3e-3)
+    configs = {
+        f"t{i}": dataclasses.replace(cfg, seed=i % 3, learning_rate=rates[i % 2]) for i in range(8)
+    }
+    results = train_on_one_host(configs, tiny_data, checkpoint_every=3)
     for seed in range(3):
         for rate in rates:
             alone = train(dataclasses.replace(cfg, seed=seed, learning_rate=rate), tiny_data)
@@ -93,23 +101,11 @@ def test_trainings_side_by_side_in_one_process_keep_their_bits(gpu_config, tiny_
 
 def test_groups_training_side_by_side_on_their_streams_keep_their_bits(gpu_config, tiny_data):
     """Three groups of one process (two shapes, one beyond a group's width) replay at once."""
-    from trainables.host import TrainingHost
-
     cfg = dataclasses.replace(gpu_config, n_epochs=6, group_width=4)
     wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden=(24, 24)))
     configs = {f"s{i}": dataclasses.replace(cfg, seed=i % 3) for i in range(6)}
     configs |= {"w0": wider, "w1": dataclasses.replace(wider, seed=7, n_epochs=4)}
-    host = TrainingHost(slots=len(configs), data=tiny_data)
-    for key, c in configs.items():
-        assert host.start(key, c, None)
-    results = {}
-    while len(results) < len(configs):
-        for key in set(configs) - set(results):
-            for item in host.take(key, timeout=0.1):
-                if item[0] != "epoch":
-                    assert item[0] == "done", item
-                    results[key] = item[1]
-    assert len(host._runners) == 3
+    results = train_on_one_host(configs, tiny_data, groups=3)
     for key, c in configs.items():
         assert results[key].fingerprint == train(c, tiny_data).fingerprint, key
 
