@@ -15,6 +15,7 @@ from trainables.fused import (
     clip_per_slot,
     kl_weight,
     newton_schulz,
+    newton_schulz_dtype,
 )
 from trainables.model import InVAE
 from trainables.noise import normal, stream_keys, uniform
@@ -23,9 +24,12 @@ from trainables.train import GroupRunner, NonFiniteLossError, Trial, train, trai
 N_GENES, N_BIO, N_TECH = 12, 3, 2
 
 
-@pytest.fixture
-def group_config(tiny_train_config):
-    return dataclasses.replace(tiny_train_config, group_width=4)
+@pytest.fixture(
+    params=[False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "cpu-compiled"]
+)
+def group_config(tiny_train_config, request):
+    """A group of 4 on the CPU; its slow variant compiles the group (``cpu_compile``)."""
+    return dataclasses.replace(tiny_train_config, group_width=4, cpu_compile=request.param)
 
 
 def fingerprints(outcomes):
@@ -69,16 +73,41 @@ def test_uniform_and_normal_draws_have_their_distributions():
 # --- optimizer steps against torch's own ----------------------------------------------------
 
 
-def test_batched_newton_schulz_matches_torch_muon_per_matrix():
+def newton_schulz_float64(matrix):
+    """Muon's iteration on one matrix in float64, written out (torch's casts to bfloat16)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = matrix.double().T if matrix.shape[0] > matrix.shape[1] else matrix.double()
+    x = x / x.norm().clamp(min=1e-7)
+    for _ in range(5):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if matrix.shape[0] > matrix.shape[1] else x
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_batched_newton_schulz_matches_torch_muon_per_matrix(dtype):
+    """bfloat16: torch's Muon to its rounding; float32: the exact iteration to float32's."""
     from torch.optim._muon import _zeropower_via_newtonschulz
 
     gen = torch.Generator().manual_seed(0)
     for shape in ((6, 16, 16), (5, 16, 7)):  # square, and tall (iterated transposed)
         updates = torch.randn(*shape, generator=gen)
-        batched = newton_schulz(updates)
+        batched = newton_schulz(updates, dtype)
+        assert batched.dtype == dtype
         for i in range(shape[0]):
             single = _zeropower_via_newtonschulz(updates[i], (3.4445, -4.7750, 2.0315), 5, 1e-7)
-            torch.testing.assert_close(batched[i].float(), single.float(), atol=2e-2, rtol=2e-2)
+            close = 2e-2 if dtype == torch.bfloat16 else 5e-2  # bfloat16's rounding of torch's
+            torch.testing.assert_close(batched[i].float(), single.float(), atol=close, rtol=close)
+            if dtype == torch.float32:
+                exact = newton_schulz_float64(updates[i])
+                torch.testing.assert_close(batched[i].double(), exact, atol=1e-5, rtol=1e-4)
+
+
+def test_newton_schulz_runs_in_bfloat16_on_a_gpu_and_float32_on_the_cpu_as_recorded():
+    assert newton_schulz_dtype(torch.device("cuda", 0)) == torch.bfloat16
+    assert newton_schulz_dtype(torch.device("cpu")) == torch.float32
+    group, _, _ = small_group()
+    assert group.model_summary()["muon_newton_schulz_dtype"] == "float32"
 
 
 def small_group(width=2, cfg=None):
@@ -92,7 +121,9 @@ def small_group(width=2, cfg=None):
     return group, template, cfg
 
 
-def test_muon_and_adamw_of_a_slot_step_as_torch_optim_does_each_at_its_own_rate():
+def test_muon_and_adamw_of_a_slot_step_as_torch_optim_does_each_at_its_own_rate(monkeypatch):
+    # torch's Muon multiplies in bfloat16; so does a group's here (on the CPU it uses float32)
+    monkeypatch.setattr("trainables.fused.newton_schulz_dtype", lambda device: torch.bfloat16)
     group, template, cfg = small_group()
     rates = [1e-3, 4e-3]
     for lr in rates:

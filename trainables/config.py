@@ -163,6 +163,7 @@ class TrainConfig:
     cuda_matmul_precision: CudaMatmulPrecision = "ieee"  # tf32: faster, other bits
     cuda_graphs: bool = True  # on a GPU, replay each epoch of steps from one CUDA graph
     compile: bool = True  # on a GPU, fuse the loss's kernels with torch.compile
+    cpu_compile: bool = False  # on the CPU too (configs/train_config.yaml); needs a C++ compiler
     group_width: int | None = None  # slots of the batched computation (see above)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

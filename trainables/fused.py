@@ -133,7 +133,7 @@ class GroupShape:
             cfg.deterministic,
             cfg.cpu_threads,
             cfg.cuda_matmul_precision,
-            cfg.compile and device.type == "cuda",
+            cfg.compile if device.type == "cuda" else cfg.cpu_compile,
             cfg.cuda_graphs and device.type == "cuda",
             str(device),
             cfg.group_width,
@@ -321,17 +321,29 @@ def clip_per_slot(grads: dict[str, Tensor], max_norms: Tensor) -> tuple[dict[str
     return {n: g * _per_slot(scale, g) for n, g in grads.items()}, norms
 
 
-def newton_schulz(updates: Tensor) -> Tensor:
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """The precision of Muon's Newton-Schulz products on a device.
+
+    bfloat16 on a GPU, as ``torch.optim.Muon``; float32 on the CPU, where bfloat16 matrix
+    products are emulated on CPUs without bfloat16 instructions (2-core AMD EPYC: a step's
+    Newton-Schulz 33 ms in bfloat16, 2.2 ms in float32). Recorded in ``run.json``
+    (``model.muon_newton_schulz_dtype``).
+    """
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def newton_schulz(updates: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """Orthogonalise a batch of matrices ``(K, rows, cols)`` as ``torch.optim.Muon`` does one.
 
-    bfloat16, each matrix scaled to spectral norm <= 1 by its Frobenius norm, five quintic
-    iterations with Muon's coefficients, on the wide orientation. ``torch.optim.Muon`` steps
-    one matrix at a time (a batched path is proposed upstream, not merged as of torch 2.13:
+    In ``dtype`` (Muon's is bfloat16; see :func:`newton_schulz_dtype`), each matrix scaled to
+    spectral norm <= 1 by its Frobenius norm, five quintic iterations with Muon's
+    coefficients, on the wide orientation. ``torch.optim.Muon`` steps one matrix at a time (a
+    batched path is proposed upstream, not merged as of torch 2.13:
     https://github.com/pytorch/pytorch/pull/195566); here every same-shape matrix of every
     slot is one batched product per iteration. Each matrix's result depends on it alone.
     """
     a, b, c = MUON_NS_COEFFICIENTS
-    x = updates.bfloat16()
+    x = updates.to(dtype)
     tall = updates.shape[1] > updates.shape[2]
     if tall:
         x = x.transpose(1, 2)
@@ -487,8 +499,12 @@ class TrialGroup:
         return cells.repeat(self.shape.width, 1, 1)
 
     def model_summary(self) -> dict[str, Any]:
-        """Parameter counts in total and per optimizer, layer shapes (``optim.model_summary``)."""
-        return model_summary(self.model.template, self.muon_names)
+        """What ``optim.model_summary`` says, and the precision of Muon's Newton-Schulz."""
+        dtype = str(newton_schulz_dtype(self.device)).removeprefix("torch.")
+        return {
+            **model_summary(self.model.template, self.muon_names),
+            "muon_newton_schulz_dtype": dtype,
+        }
 
     # --- epochs --------------------------------------------------------------------------
 
@@ -585,7 +601,8 @@ class TrialGroup:
             by_shape.setdefault(tuple(grad.shape[1:]), []).append(name)
         decay = 1 - lr * hyper["muon_weight_decay"]
         for names in by_shape.values():
-            orthogonal = newton_schulz(torch.cat([updates[n] for n in names]))
+            stacked = torch.cat([updates[n] for n in names])
+            orthogonal = newton_schulz(stacked, newton_schulz_dtype(self.device))
             for name, update in zip(names, orthogonal.split(self.shape.width), strict=True):
                 param = self.params[name]
                 rows, cols = param.shape[1:]
