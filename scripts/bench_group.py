@@ -32,17 +32,39 @@ from trainables.host import TrainingHost
 from trainables.train import Trial, train_group
 
 
-def measure(data, width: int, epochs: int, device: str, fill: bool, overrides: dict) -> dict:
-    """Train one trial alone (``fill`` False) or ``width`` trials in a group of ``width``."""
+def trial_configs(width: int, n_trials: int, epochs: int, device: str, overrides: dict):
+    """The measured trial's config, and ``n_trials - 1`` others (seeds, learning rates varying)."""
     base = load_train_config(overrides={**overrides, "device": device, "n_epochs": epochs})
     base = dataclasses.replace(base, group_width=width)
-    configs = [base]
-    if fill:
-        others = [
-            dataclasses.replace(base, seed=s, learning_rate=1e-3 * (1 + s % 3))
-            for s in range(width - 1)
-        ]
-        configs = [*others[: width // 2], base, *others[width // 2 :]]
+    others = [
+        dataclasses.replace(base, seed=s, learning_rate=1e-3 * (1 + s % 3))
+        for s in range(n_trials - 1)
+    ]
+    return base, others
+
+
+def figures(width: int, groups: int, n_trials: int, mine, wall: float, epochs: int, device: str):
+    """A table row: the measured trial's epochs (``mine``: its result) and the call's wall time."""
+    epoch_s = statistics.median(mine.timing["epoch_s"][2:])
+    return {
+        "width": width,
+        "groups": groups,
+        "trials": n_trials,
+        "ms_per_epoch": 1000 * epoch_s,
+        "epochs_per_s_training": n_trials / epoch_s,
+        "epochs_per_s_wall": n_trials * epochs / wall,
+        "first_epoch_s": mine.timing["epoch_s"][0],
+        "gpu_memory_gib": (
+            torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+        ),
+        "weights": mine.fingerprint.weights,
+    }
+
+
+def measure(data, width: int, epochs: int, device: str, fill: bool, overrides: dict) -> dict:
+    """Train one trial alone (``fill`` False) or ``width`` trials in a group of ``width``."""
+    base, others = trial_configs(width, width if fill else 1, epochs, device, overrides)
+    configs = [*others[: width // 2], base, *others[width // 2 :]]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -52,29 +74,14 @@ def measure(data, width: int, epochs: int, device: str, fill: bool, overrides: d
     if failed:
         raise failed[0]
     mine = outcomes[configs.index(base)]
-    epoch_s = statistics.median(mine.timing["epoch_s"][2:])
-    return {
-        "width": width,
-        "trials": len(configs),
-        "ms_per_epoch": 1000 * epoch_s,
-        "epochs_per_s_training": len(configs) / epoch_s,
-        "epochs_per_s_wall": len(configs) * epochs / wall,
-        "first_epoch_s": mine.timing["epoch_s"][0],
-        "gpu_memory_gib": (
-            torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-        ),
-        "weights": mine.fingerprint.weights,
-    }
+    return figures(width, 1, len(configs), mine, wall, epochs, device)
 
 
 def measure_host(data, width: int, groups: int, epochs: int, device: str, overrides: dict):
     """Train ``groups`` full groups of ``width`` trials side by side on one training host."""
-    base = load_train_config(overrides={**overrides, "device": device, "n_epochs": epochs})
-    base = dataclasses.replace(base, group_width=width)
     n = width * groups
-    configs = [base] + [
-        dataclasses.replace(base, seed=s, learning_rate=1e-3 * (1 + s % 3)) for s in range(n - 1)
-    ]
+    base, others = trial_configs(width, n, epochs, device, overrides)
+    configs = [base, *others]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     host = TrainingHost(slots=n, data=data)
@@ -90,21 +97,7 @@ def measure_host(data, width: int, groups: int, epochs: int, device: str, overri
                 if item[0] == "done":
                     results[key] = item[1]
     wall = time.perf_counter() - start
-    mine = results["0"]
-    epoch_s = statistics.median(mine.timing["epoch_s"][2:])
-    return {
-        "width": width,
-        "groups": groups,
-        "trials": n,
-        "ms_per_epoch": 1000 * epoch_s,
-        "epochs_per_s_training": n / epoch_s,
-        "epochs_per_s_wall": n * epochs / wall,
-        "first_epoch_s": mine.timing["epoch_s"][0],
-        "gpu_memory_gib": (
-            torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-        ),
-        "weights": mine.fingerprint.weights,
-    }
+    return figures(width, groups, n, results["0"], wall, epochs, device)
 
 
 def main() -> None:
@@ -146,7 +139,7 @@ def main() -> None:
             row["same_bits_as_alone"] = row["weights"] == alone["weights"]
             memory = "-" if row["gpu_memory_gib"] is None else f"{row['gpu_memory_gib']:.1f}"
             print(
-                f"| {row['width']} | {row.get('groups', 1)} | {row['trials']} "
+                f"| {row['width']} | {row['groups']} | {row['trials']} "
                 f"| {row['ms_per_epoch']:.1f} "
                 f"| {row['epochs_per_s_training']:.0f} | {row['epochs_per_s_wall']:.0f} "
                 f"| {row['first_epoch_s']:.1f} | {memory} | {row['same_bits_as_alone']} |",

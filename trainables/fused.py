@@ -332,7 +332,7 @@ def newton_schulz_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def newton_schulz(updates: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+def newton_schulz(updates: Tensor, dtype: torch.dtype) -> Tensor:
     """Orthogonalise a batch of matrices ``(K, rows, cols)`` as ``torch.optim.Muon`` does one.
 
     In ``dtype`` (Muon's is bfloat16; see :func:`newton_schulz_dtype`), each matrix scaled to
