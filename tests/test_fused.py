@@ -292,3 +292,15 @@ def test_a_kept_group_trains_the_next_trials_with_the_bits_of_a_new_one(group_co
     assert training._IDLE_RUNNERS[-1] is not kept
     assert on_kept.fingerprint == fresh.fingerprint != first.fingerprint
     assert train(cfg, tiny_data).fingerprint == first.fingerprint  # and back
+
+
+def test_a_trial_in_any_slot_keeps_its_bits_where_cpu_products_depend_on_alignment(tiny_data):
+    """A latent of 30 + 5 dimensions over 240 cells: MKL's product of (30 x 240) and (240 x 5)
+    gives another slot other bits unless MKL is in its strict reproducible mode (MKL_CBWR)."""
+    model = ModelConfig(z_i_dim=30, z_s_dim=5, hidden=(16, 16))
+    trial = TrainConfig(n_epochs=1, batch_size=240, device="cpu", group_width=2, model=model)
+    assert tiny_data.train.n_cells == 240  # one minibatch of all cells
+    (alone,) = train_group([Trial(trial)], tiny_data)
+    other = dataclasses.replace(trial, seed=7)
+    second = train_group([Trial(other), Trial(trial)], tiny_data)[1]
+    assert second.fingerprint == alone.fingerprint

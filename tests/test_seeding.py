@@ -3,6 +3,8 @@ import json
 import os
 import random
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ RECORD_KEYS = {
     "float32_matmul_precision",
     "fp32_precision",
     "cublas_workspace_config",
+    "mkl_cbwr",
     "python_hash_seed",
 }
 
@@ -249,9 +252,22 @@ def test_record_is_json_serialisable():
 
 
 def test_determinism_env_is_what_set_seed_sets():
-    assert seeding.determinism_env() == {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    expected = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "MKL_CBWR": "AUTO,STRICT"}
+    assert seeding.determinism_env() == expected
     seeding.set_seed(0, True)
     assert seeding.determinism_env().items() <= dict(os.environ).items()
+    assert seeding.set_seed(0, True)["mkl_cbwr"] == "AUTO,STRICT"
+
+
+@pytest.mark.parametrize("given", [None, "COMPATIBLE"])
+def test_importing_trainables_puts_mkl_in_strict_reproducible_mode_unless_set(given):
+    """Before the process's first CPU matrix product, when MKL reads it; a set value stays."""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    if given is not None:
+        env["MKL_CBWR"] = given
+    code = "import os, trainables; print(os.environ['MKL_CBWR'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == (given or "AUTO,STRICT"), out.stderr
 
 
 def test_cublas_config_is_left_alone_when_set(monkeypatch):

@@ -6,8 +6,14 @@ imported on first use, so that reading results (``trainables.files``,
 ``trainables.train.main``.
 """
 
+import os
 from importlib import import_module
 from typing import Any
+
+from trainables.constants import MKL_CBWR
+
+# Before torch's first CPU matrix product in the process, which is when MKL reads it.
+os.environ.setdefault("MKL_CBWR", MKL_CBWR)
 
 _LAZY = {
     "load_train_config": "trainables.config",

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+MKL_CBWR = "AUTO,STRICT"
+"""MKL's strict conditional numerical reproducibility: its products' bits then do not depend
+on where their arrays lie in memory. Without it, a CPU batched product of (30 x 256) and
+(256 x 5) gave one slot of a trial group other bits than another (torch 2.13, MKL 2024.2,
+AVX-512), so a trial's bits depended on its slot. MKL reads the variable once, at its first
+product in the process: ``trainables`` sets it on import (unless it is set) and the sweep
+driver passes it to every worker (``trainables.seeding.determinism_env``)."""
+
 # Metrics reported once per epoch, in this order. All are deterministic functions of the run,
 # so their bit patterns are part of the run fingerprint (wall-clock times are not).
 METRIC_KEYS: tuple[str, ...] = (

@@ -138,6 +138,7 @@ class Seeding:
     float32_matmul_precision: str | None = None
     fp32_precision: dict[str, str] = field(default_factory=dict)
     cublas_workspace_config: str | None = None
+    mkl_cbwr: str | None = None
     python_hash_seed: str | None = None
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from trainables.config import CudaMatmulPrecision
+from trainables.constants import MKL_CBWR
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 """cuBLAS workspace setting that makes cuBLAS deterministic (``":16:8"`` also would, slower)."""
@@ -44,13 +45,14 @@ _FP32_PRECISION_FLAGS = (
 
 
 def determinism_env() -> dict[str, str]:
-    """Return the environment variables a worker process needs before its first CUDA work.
+    """Return the environment variables a worker process needs before its first matrix product.
 
     The Ray driver sets these in the Ray it starts, whose workers inherit them, or passes them
     to a cluster's workers through ``runtime_env={"env_vars": ...}``: cuBLAS reads its
-    workspace setting once, at its first use in the process, so setting it later has no effect.
+    workspace setting and MKL its reproducibility mode (``MKL_CBWR``) once, at their first use
+    in the process, so setting them later has no effect.
     """
-    return {"CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE_CONFIG}
+    return {"CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE_CONFIG, "MKL_CBWR": MKL_CBWR}
 
 
 def set_seed(
@@ -88,8 +90,8 @@ def set_seed(
         ``cudnn_benchmark``, ``matmul_allow_tf32``, ``cudnn_allow_tf32`` (None where torch
         cannot tell because the legacy and new TF32 APIs were mixed),
         ``float32_matmul_precision``, ``fp32_precision`` (the new-API flag per backend path),
-        ``cublas_workspace_config`` and ``python_hash_seed`` (``PYTHONHASHSEED`` as the process
-        started, or None).
+        ``cublas_workspace_config``, ``mkl_cbwr`` and ``python_hash_seed``
+        (``PYTHONHASHSEED`` as the process started, or None).
 
     Raises:
         ValueError: ``seed`` is not an integer in ``[0, 2**32)``, ``cpu_threads`` is not a
@@ -142,6 +144,7 @@ def set_seed(
         "float32_matmul_precision": _read_tf32(torch.get_float32_matmul_precision),
         "fp32_precision": fp32_precision_flags(),
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),  # read by MKL at its first use in the process
         # Read once at interpreter start: it can be recorded here, not changed.
         "python_hash_seed": os.environ.get("PYTHONHASHSEED"),
     }
