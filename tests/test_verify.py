@@ -386,6 +386,20 @@ def test_a_replicate_on_another_gpu_driver_is_not_comparable_naming_it(results, 
     assert group.comparisons[0].not_comparable_because == ("nvidia_driver",)
 
 
+def test_a_cpu_replicate_in_another_mkl_mode_is_not_comparable_naming_it(results, tmp_path):
+    other = dataclasses.replace(
+        results[2],
+        train_config=results[1].train_config,
+        seeding={**results[2].seeding, "mkl_cbwr": "COMPATIBLE"},
+    )
+    folder = tmp_path / "mkl"
+    write_sweep(folder, {"a": (results[1], 0), "b": (other, 1)})
+    verification = verify_sweep(folder)
+    (group,) = verification.groups
+    assert group.status == "not_comparable" and verification.exit_code == 0
+    assert group.comparisons[0].not_comparable_because == ("mkl_cbwr",)
+
+
 def test_a_member_that_did_not_complete_makes_its_group_incomplete(sweep):
     def errored(summary):
         summary["trials"][1].update(status="errored", run_json=None, fingerprint=None)

@@ -30,7 +30,7 @@ KERNEL_FIELDS = {
     # Fields that pick a run's kernels or inputs; runs that differ in one are not comparable
     # bit for bit. cuBLAS promises equal bits only for one CUDA version, GPU architecture and
     # SM count; the driver's JIT compiles PTX; Triton writes the compiled loss's kernels.
-    "cpu": ("device", "torch", "cpu_capability", "cpu_threads", "git_commit", "data"),
+    "cpu": ("device", "torch", "cpu_capability", "cpu_threads", "mkl_cbwr", "git_commit", "data"),
     "cuda": ("device", "torch", "triton", *GPU_FIELDS, "git_commit", "data"),
 }
 KERNEL_PACKAGES = ("torch", "pytorch", "triton")
@@ -66,6 +66,7 @@ def bit_environment(record: RunRecord) -> dict[str, Any]:
         "triton": system.triton_version if on_gpu else None,
         "cpu_capability": system.cpu_capability,
         "cpu_threads": record.seeding.cpu_threads,
+        "mkl_cbwr": record.seeding.mkl_cbwr if not on_gpu else None,  # MKL's reproducible mode
         "deterministic": record.seeding.deterministic,
         "git_commit": git.commit,
         "data": (record.data.get("source") or {}).get("prepared_sha256"),
