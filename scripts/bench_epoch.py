@@ -4,6 +4,8 @@ Same data (the simulated pancreas shape: 16,382 cells, 4,000 HVGs, the training 
 sizes (z 30/5, hidden [128, 128], batch 256), same card, one process:
 
     python scripts/bench_epoch.py --device cuda --epochs 6 --json bench_epoch.json
+    python scripts/bench_epoch.py --device cuda --impl ours --modes deterministic --profile \
+        --top 40 --group-width 16    # the kernels of a group of 16's step
     python scripts/bench_epoch.py --device cpu --epochs 3 --impl ours,original
 
 Rows: ``ours`` (CUDA graphs and torch.compile, the defaults; on the CPU compiled too, as
@@ -51,6 +53,7 @@ def bench_ours(data: PreparedData, args, mode: str, impl: str, precision: str) -
             "cuda_graphs": impl != "ours-eager",
             "compile": impl == "ours",
             "cpu_compile": impl == "ours",  # on the CPU, "ours" compiles too (opt-in there)
+            "group_width": args.group_width,
         }
     )
     return epoch_times(lambda report: train(cfg, data, report=report))
@@ -95,7 +98,12 @@ def profile_kernels(data: PreparedData, args, compile_: bool) -> dict[str, objec
     """Kernels per training step and their GPU time, eager (one profiled epoch after a warm one)."""
     from torch.profiler import ProfilerActivity, profile
 
-    overrides = {"device": args.device, "cuda_graphs": False, "compile": compile_}
+    overrides = {
+        "device": args.device,
+        "cuda_graphs": False,
+        "compile": compile_,
+        "group_width": args.group_width,
+    }
     train(load_train_config(overrides={**overrides, "n_epochs": 1}), data)  # compile, warm up
     cfg = load_train_config(overrides={**overrides, "n_epochs": 1})
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -138,6 +146,13 @@ def main() -> None:
     parser.add_argument("--modes", default="deterministic,fast")
     parser.add_argument(
         "--precisions", default="ieee", help="CUDA float32 matmuls of ours: ieee, tf32 or both"
+    )
+    parser.add_argument(
+        "--group-width",
+        type=int,
+        default=1,
+        help="ours: the trial trains in a group of this width, its other slots empty (a "
+        "group computes every slot whether a trial holds it or not)",
     )
     parser.add_argument("--profile", action="store_true", help="count kernels per step (CUDA)")
     parser.add_argument("--top", type=int, default=6, help="kernels listed by the profile")

@@ -94,18 +94,17 @@ def run_packing(
     """One sweep of ``n_trials`` trials with at most ``k`` per GPU; return its figures.
 
     ``process``: "per-trial" (a process per trial, each training alone: ``group_width`` 1)
-    or "per-gpu" (``resources.one_process_per_gpu``: a GPU's trials in groups of
-    ``group_width``, 16 unless ``train`` says otherwise); ``train``: train config overrides.
+    or "per-gpu" (``resources.one_process_per_gpu``: a GPU's trials in groups of the width
+    the sweep plans, unless ``train`` sets ``group_width``); ``train``: train config overrides.
     """
-    width = 1 if process == "per-trial" else train.get("group_width", 16)
+    width = {"group_width": 1} if process == "per-trial" else {}
     overrides = {
         "seeds": list(range(n_trials)),
         "replicates": 1,
         "search": {},
         "num_samples": 1,
         "train.n_epochs": epochs,
-        **{f"train.{key}": value for key, value in train.items()},
-        "train.group_width": width,
+        **{f"train.{key}": value for key, value in {**train, **width}.items()},
         "resources.trials_per_gpu": k,
         "resources.cpus_per_trial": 0.5,
         "resources.one_process_per_gpu": process == "per-gpu",
@@ -126,7 +125,8 @@ def run_packing(
     completed = [t for t in summary.trials if t.status == COMPLETED]
     if not completed:
         raise SystemExit(f"{sweep.spec.name}: no trial completed; see {folder}")
-    timings = [load_run(folder / t.trial_dir).timing for t in completed]
+    records = [load_run(folder / t.trial_dir) for t in completed]
+    timings = [r.timing for r in records]
     span = max(t["finished_unix"] for t in timings) - min(t["started_unix"] for t in timings)
     slots = min(k, n_trials)
     per_trial = statistics.median(
@@ -138,7 +138,7 @@ def run_packing(
     return {
         "process": process,
         "trials_per_gpu": k,
-        "group_width": width,
+        "group_width": "/".join(sorted({str(r.config.train["group_width"]) for r in records})),
         "train": " ".join(f"{key}={value}" for key, value in train.items()) or "-",
         "trials": n_trials,
         "completed": summary.n_completed,
@@ -152,6 +152,13 @@ def run_packing(
         "gpu_util_mean_pct": statistics.fmean(sampler.samples) if sampler.samples else None,
         "wall_s": wall,
         "outside_training_s": wall - span,  # Ray, worker start, outputs, shutdown
+        # when, from the call's start: the first trial started, the last one started, the
+        # last one's first epoch ended, the last one finished; then the call's end after it
+        "first_start_s": min(t["started_unix"] for t in timings) - started,
+        "last_start_s": max(t["started_unix"] for t in timings) - started,
+        "last_first_epoch_s": max(e[0] for e in ends) - started,
+        "last_finish_s": max(t["finished_unix"] for t in timings) - started,
+        "after_last_s": wall - (max(t["finished_unix"] for t in timings) - started),
         "overhead_fraction": 1 - sum(t["total_s"] for t in timings) / (slots * wall),
     }
 

@@ -154,8 +154,8 @@ def run_trials(
         if len([n for n in ray.nodes() if n["Alive"]]) > 1:
             folder.check_visible_from_all_nodes()
         placement = plan_placement(sweep, n_gpus, n_cpus, options.spread_replicates)
-        write_spec_record(folder, sweep, resume=options.resume)
-        sweep = replace(sweep, train=replace(sweep.train, group_width=placement.group_width))
+        width = write_spec_record(folder, sweep, placement.group_width, resume=options.resume)
+        sweep = replace(sweep, train=replace(sweep.train, group_width=width))
         if placement.in_groups:  # the reference is held while the hosts live
             shared = ray.put(shared) if shared is not None else None
             hosts = TrainingHosts.start(n_gpus, placement.host_slots, shared)

@@ -140,8 +140,17 @@ def spec_record(sweep: LoadedSweep) -> dict[str, Any]:
     }
 
 
-def write_spec_record(folder: SweepFolder, sweep: LoadedSweep, resume: bool) -> None:
-    """Record the sweep definition and the driver's environment; on resume, check it is unchanged.
+def write_spec_record(
+    folder: SweepFolder, sweep: LoadedSweep, group_width: int | None, resume: bool
+) -> int | None:
+    """Record the sweep definition, its trials' group width and the driver's environment.
+
+    ``group_width`` is the width the placement planned (``sweeper.cluster``). On resume the
+    record is checked to be unchanged and the recorded width is returned instead, so trials
+    resumed on another number of GPUs keep the bits of an uninterrupted sweep.
+
+    Returns:
+        The ``group_width`` the sweep's trials train at.
 
     Raises:
         SweepError: Resuming with a sweep file whose trials differ from the recorded ones.
@@ -155,18 +164,20 @@ def write_spec_record(folder: SweepFolder, sweep: LoadedSweep, resume: bool) -> 
                 f"{sweep.source} no longer matches the sweep recorded in {path}: resume with "
                 "the original file, or start a new sweep with --name"
             )
-        return
+        return recorded.get("group_width", group_width)  # records before widths: the plan's
     from trainables.provenance import get_environment_info
 
     folder.write_json(
         SPEC_FILE,
         {
             **current,
+            "group_width": group_width,
             "source": sweep.source,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "driver_environment": get_environment_info(),
         },
     )
+    return group_width
 
 
 def collect_results(sweep: LoadedSweep, folder: SweepFolder, grid: Any) -> Summary:

@@ -219,7 +219,7 @@ def test_gpu_share_spreads_trials_over_all_gpus(
 def test_sweeps_on_gpus_train_in_groups_unless_told_or_they_cannot(tmp_path, monkeypatch):
     from sweeper import cluster
 
-    unset = load_sweep(write_sweep(tmp_path))
+    unset = load_sweep(write_sweep(tmp_path, seeds=list(range(20))))
     grouped = cluster.plan_placement(unset, n_gpus=1)
     assert (grouped.in_groups, grouped.group_width, grouped.host_slots) == (True, 16, 16)
     assert grouped.resources["gpu"] == 0  # a trial's worker relays; its GPU's host trains
@@ -243,3 +243,37 @@ def test_sweeps_on_gpus_train_in_groups_unless_told_or_they_cannot(tmp_path, mon
     told = load_sweep(write_sweep(tmp_path, resources={"one_process_per_gpu": True}))
     with pytest.raises(SweepError, match="replicates cannot be pinned"):
         cluster.plan_placement(told, n_gpus=2, spread=True)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "resources", "gpus", "width"),
+    [
+        (1, {}, 1, 1),  # a lone trial trains at width 1, not in a group of 16
+        (4, {}, 1, 4),
+        (16, {}, 4, 4),  # 4 trials at once on each GPU
+        (64, {"trials_per_gpu": 64}, 1, 16),  # four groups of 16
+        (48, {"trials_per_gpu": 24}, 1, 12),  # two groups of 12, not 16 and 8
+        (48, {"trials_per_gpu": 24}, 2, 12),
+        (4, {"trials_per_gpu": 2}, 2, 2),
+    ],
+)
+def test_a_gpus_groups_are_as_narrow_as_the_trials_it_trains_at_once(
+    tmp_path, seeds, resources, gpus, width
+):
+    from sweeper import cluster
+
+    sweep = load_sweep(write_sweep(tmp_path, seeds=list(range(seeds)), resources=resources))
+    placement = cluster.plan_placement(sweep, n_gpus=gpus)
+    assert placement.in_groups and placement.group_width == width
+
+
+def test_a_resumed_sweep_keeps_the_group_width_it_started_with(tmp_path):
+    from sweeper.results import write_spec_record
+    from sweeper.storage import SweepFolder
+
+    sweep = load_sweep(write_sweep(tmp_path, seeds=[0, 1, 2, 3]))
+    folder = SweepFolder(tmp_path / "sweep")
+    (tmp_path / "sweep").mkdir()
+    assert write_spec_record(folder, sweep, group_width=4, resume=False) == 4
+    # resumed on more GPUs, whose plan would be narrower groups: the trials keep their bits
+    assert write_spec_record(folder, sweep, group_width=2, resume=True) == 4

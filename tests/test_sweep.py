@@ -242,7 +242,8 @@ def shared_process_sweep(tmp_path, name, **overrides):
 
 
 def test_one_process_per_gpu_trains_side_by_side_with_the_bits_of_a_lone_run(ray_session, tmp_path):
-    sweep = shared_process_sweep(tmp_path, "shared")
+    # half a CPU each: all 4 trials at once on the 2 CPUs, 2 per (fake) GPU, in groups of 2
+    sweep = shared_process_sweep(tmp_path, "shared", **{"resources.cpus_per_trial": 0.5})
     summary = run_sweep(sweep, DriverOptions(gpus=2)).summary
     assert summary.n_completed == 4
     records = run_records(tmp_path / "shared", summary)
@@ -250,10 +251,10 @@ def test_one_process_per_gpu_trains_side_by_side_with_the_bits_of_a_lone_run(ray
     assert len(set(pids)) <= 2 < len(pids)  # one process per (fake) GPU trained its trials
     assert all(len(r["trial"]["node"]["gpu_ids"]) == 1 for r in records.values())
     widths = {r["config"]["train"]["group_width"] for r in records.values()}
-    assert widths == {16}  # the sweep's groups set the width its records hold
+    assert widths == {2}  # 2 trials at once per GPU: groups of 2, recorded
     data = prepare_data(sweep.data)
     for seed in (0, 1):
-        cfg = dataclasses.replace(sweep.train, seed=seed, group_width=16)
+        cfg = dataclasses.replace(sweep.train, seed=seed, group_width=2)
         alone = train(cfg, data).fingerprint.digests
         assert [t.fingerprint for t in summary.trials if t.seed == seed] == [alone] * 2
 

@@ -145,7 +145,8 @@ class TrainConfig:
 
     ``group_width``: the slots of the batched computation the run trains in
     (``trainables.fused``); its bits depend on it. None trains alone at width 1; a sweep that
-    trains a GPU's trials in groups sets it (``DEFAULT_GPU_GROUP_WIDTH``, 16) and records it.
+    trains a GPU's trials in groups sets it from the trials a GPU trains at once (at most
+    ``MAX_GPU_GROUP_WIDTH``, 16; ``sweeper.cluster.group_width_for``) and records it.
     """
 
     seed: int = 42

@@ -46,8 +46,13 @@ ADAMW_EPS = 1e-8
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s
 N_TRAIN_SUMS = 6  # loss, recon, kl_i, kl_s, indep (cell-weighted), grad_norm of the steps
 N_VAL_SUMS = 4  # recon, kl_i, kl_s, indep of the validation cells (cell-weighted)
-DEFAULT_GPU_GROUP_WIDTH = 16
-"""Slots of a group on a GPU unless a run says otherwise (``TrainConfig.group_width``)."""
+MAX_GPU_GROUP_WIDTH = 16
+"""The widest group a sweep forms on a GPU unless its train config sets ``group_width``.
+
+On an H200 a group of 16 trains 16 trials in 1.03x the time of one (``docs/performance.md``);
+more trials at once form more groups, which train side by side (four of 16: 1.4x as fast as
+one). Wider groups were not measured.
+"""
 REPARAMETERISATION_SITE = 0  # noise site of z's reparameterisation; dropout layers follow
 
 # Per-slot hyperparameters, the columns of a group's ``hyper`` table.
