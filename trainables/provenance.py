@@ -13,6 +13,7 @@ capability, the NVIDIA driver, and the CUDA, cuDNN, cuBLAS and Triton versions.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.metadata
 import os
 import platform
@@ -226,8 +227,15 @@ def _triton_version() -> str | None:
 def _package_versions() -> dict[str, str]:
     """Every installed distribution's version by normalized name (PEP 503), sorted.
 
-    torch's version is also filed as ``pytorch``, the name W&B layouts (and conda) use.
+    torch's version is also filed as ``pytorch``, the name W&B layouts (and conda) use. Read
+    once per process (~0.1 s, and a training host records it for every trial it admits):
+    what a process has imported does not change when its packages do on disk.
     """
+    return dict(_scanned_package_versions())
+
+
+@functools.cache
+def _scanned_package_versions() -> tuple[tuple[str, str], ...]:
     versions = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
@@ -235,7 +243,7 @@ def _package_versions() -> dict[str, str]:
             versions.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
     if "torch" in versions:
         versions.setdefault("pytorch", versions["torch"])
-    return dict(sorted(versions.items()))
+    return tuple(sorted(versions.items()))
 
 
 def _try(get: Callable[[], T]) -> T | None:
