@@ -33,6 +33,7 @@ from sweeper.spec import LoadedSweep
 from sweeper.storage import SweepFolder
 from sweeper.verify.records import Verification
 from sweeper.verify.seal import write_seal
+from trainables.config import TrainConfig
 from trainables.constants import TUNE_REPLICATE, WANDB_CONFIG, WANDB_SUMMARY
 from trainables.host import TrainingHosts
 from trainables.schema import config_to_dict
@@ -157,8 +158,9 @@ def run_trials(
         width = write_spec_record(folder, sweep, placement.group_width, resume=options.resume)
         sweep = replace(sweep, train=replace(sweep.train, group_width=width))
         if placement.in_groups:  # the reference is held while the hosts live
+            warm = warm_up_configs(sweep) if shared is not None else []
             shared = ray.put(shared) if shared is not None else None
-            hosts = TrainingHosts.start(n_gpus, placement.host_slots, shared)
+            hosts = TrainingHosts.start(n_gpus, placement.host_slots, shared, warm)
         ending = ExperimentEnd(sweep.spec.n_trials)
         callbacks = [*extra_callbacks, ending]
         tuner = _make_tuner(sweep, folder, placement, (shared, hosts), options.resume, callbacks)
@@ -255,6 +257,14 @@ def publish_outputs(
         summary = replace(summary, outputs=replace(outputs, error=error))
         write_summary(folder, summary)
     return summary
+
+
+def warm_up_configs(sweep: LoadedSweep) -> list[TrainConfig]:
+    """The train configs of the trials known before the sweep starts, for the hosts to warm."""
+    from trainables.ray_trainable import trial_configs
+
+    base_train, base_data = config_to_dict(sweep.train), config_to_dict(sweep.data)
+    return [trial_configs(c, base_train, base_data)[0] for c in known_trials(sweep)]
 
 
 def _make_tuner(

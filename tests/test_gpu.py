@@ -4,6 +4,7 @@ Skipped without a GPU. Run on a GPU machine with: pytest tests/test_gpu.py
 """
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -62,11 +63,21 @@ def test_later_trials_in_one_process_need_no_more_gpu_memory(gpu_config, tiny_da
     assert peaks[2] <= peaks[0]
 
 
-def train_on_one_host(configs, data, checkpoint_every=0, groups=None):
-    """Train every config at once on one ``TrainingHost``; their results by key."""
+def train_on_one_host(configs, data, checkpoint_every=0, groups=None, warm=None):
+    """Train every config at once on one ``TrainingHost``; their results by key.
+
+    ``warm``: configs whose groups the host warms up first (compiled and captured before any
+    training starts).
+    """
     from trainables.host import TrainingHost
 
     host = TrainingHost(slots=len(configs), data=data)
+    if warm:
+        host.warm_up(warm)
+        deadline = time.monotonic() + 300
+        while not host._runners and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert host._runners[0].group._graph is not None  # captured before its trials
     for key, c in configs.items():
         assert host.start(key, c, None, checkpoint_every=checkpoint_every)
     results = {}
@@ -106,6 +117,15 @@ def test_groups_training_side_by_side_on_their_streams_keep_their_bits(gpu_confi
     configs = {f"s{i}": dataclasses.replace(cfg, seed=i % 3) for i in range(6)}
     configs |= {"w0": wider, "w1": dataclasses.replace(wider, seed=7, n_epochs=4)}
     results = train_on_one_host(configs, tiny_data, groups=3)
+    for key, c in configs.items():
+        assert results[key].fingerprint == train(c, tiny_data).fingerprint, key
+
+
+def test_trials_joining_a_group_warmed_up_before_them_keep_their_bits(gpu_config, tiny_data):
+    cfg = dataclasses.replace(gpu_config, n_epochs=6, group_width=4)
+    configs = {f"t{i}": dataclasses.replace(cfg, seed=i) for i in range(3)}
+    warm = [dataclasses.replace(cfg, seed=11, learning_rate=4e-3)]
+    results = train_on_one_host(configs, tiny_data, groups=1, warm=warm)
     for key, c in configs.items():
         assert results[key].fingerprint == train(c, tiny_data).fingerprint, key
 

@@ -129,3 +129,40 @@ def test_groups_of_other_shapes_and_beyond_a_groups_width_keep_their_bits(
         assert kind == "done", result
         assert len(rows) == c.n_epochs
         assert result.fingerprint == train(c, tiny_data).fingerprint, key
+
+
+def test_a_group_warmed_up_before_its_trials_leaves_them_their_bits(tiny_train_config, tiny_data):
+    """Epochs of a group with every slot empty (compile, capture) change no later trial."""
+    from trainables.train import GroupRunner, Trial
+
+    cfg = dataclasses.replace(tiny_train_config, group_width=4)
+    runner = GroupRunner(GroupRunner.shape_of(cfg, tiny_data), tiny_data)
+    runner.warm_up(dataclasses.replace(cfg, seed=99, learning_rate=5e-3), epochs=2)
+    configs = [cfg, dataclasses.replace(cfg, seed=3)]
+    outcomes = {}
+    for i, c in enumerate(configs):
+        runner.add(Trial(c), lambda outcome, i=i: outcomes.__setitem__(i, outcome))
+    while runner.running:
+        runner.run_epoch()
+    runner.wait()
+    for i, c in enumerate(configs):
+        assert outcomes[i].fingerprint == train(c, tiny_data).fingerprint, c.seed
+    with pytest.raises(ValueError, match="shape"):
+        wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden=(24,)))
+        runner.warm_up(wider)
+
+
+def test_a_host_warms_up_its_groups_and_their_trials_join_them(tiny_train_config, tiny_data):
+    cfg = dataclasses.replace(tiny_train_config, group_width=2)
+    host = TrainingHost(slots=2, data=tiny_data)
+    host.warm_up([dataclasses.replace(cfg, seed=9), cfg])  # one shape: one group warmed
+    deadline = time.monotonic() + 60
+    while not host._runners and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(host._runners) == 1 and host._runners[0].group is not None
+    for key, c in {"a": cfg, "b": dataclasses.replace(cfg, seed=4)}.items():
+        host.start(key, c, None)
+        _, (kind, result) = collect(host, key)
+        assert kind == "done" and result.fingerprint == train(c, tiny_data).fingerprint, key
+    assert len(host._runners) == 1  # the trials trained in the warmed group
+    TrainingHost(slots=1).warm_up([cfg])  # no shared data: nothing to warm, no error

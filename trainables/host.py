@@ -15,6 +15,7 @@ relays what it reports (:meth:`TrainingHosts.train`).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -28,6 +29,8 @@ from trainables.fused import GroupShape
 from trainables.prepared import PreparedData
 from trainables.run_record import RunResult
 from trainables.train import GroupRunner, Report, Trial
+
+logger = logging.getLogger(__name__)
 
 ORPHAN_AFTER_S = 120.0
 """A training whose epochs nobody has taken for this long is stopped (its caller is gone)."""
@@ -78,6 +81,7 @@ class TrainingHost:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._runners: list[GroupRunner] = []  # kept, with their compiled code, for the next
+        self._warming: list[TrainConfig] = []  # shapes to warm up before trials come
         self._thread: threading.Thread | None = None
 
     def running(self) -> int:
@@ -121,11 +125,29 @@ class TrainingHost:
             trial.report = self._reporter(training)
             self._trainings[key] = training
             self._waiting.append(training)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="host", daemon=True)
-                self._thread.start()
-            self._wake.notify()
+            self._wake_loop()
         return True
+
+    def warm_up(self, configs: list[TrainConfig]) -> None:
+        """Warm up a group for each shape of ``configs`` on the shared data, in the background.
+
+        Each shape's group compiles its code and captures its CUDA graph now
+        (``GroupRunner.warm_up``), before its trials come; trainings started meanwhile join
+        once it is done. Nothing is warmed without shared data (a training's shape depends on
+        the data it prepares).
+        """
+        if self.data is None:
+            return
+        with self._lock:
+            self._warming += configs
+            self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        """Start the training thread if it is not running, and wake it (lock held)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="host", daemon=True)
+            self._thread.start()
+        self._wake.notify()
 
     def take(self, key: str, timeout: float = 10.0) -> list[tuple]:
         """The items ``key`` queued since the last call; waits up to ``timeout`` s for one.
@@ -176,9 +198,12 @@ class TrainingHost:
         """Admit waiting trainings into groups between epochs; step every busy group."""
         while True:
             with self._lock:
-                while not self._waiting and not any(r.running for r in self._runners):
+                while not (self._waiting or self._warming or any(r.running for r in self._runners)):
                     self._wake.wait()
                 waiting, self._waiting = self._waiting, []
+                warming, self._warming = self._warming, []
+            for cfg in warming:
+                self._warm(cfg)
             for training in waiting:
                 self._admit(training)
             for runner in self._runners:  # every group's epoch is queued before any is read,
@@ -198,6 +223,18 @@ class TrainingHost:
             runner.add(training.trial, lambda outcome: self._ended(training, outcome))
         except Exception as err:  # handed to the caller, who raises it
             self._ended(training, err)
+
+    def _warm(self, cfg: TrainConfig) -> None:
+        shape = GroupRunner.shape_of(cfg, self.data)
+        if any(r.shape == shape and r.prepared is self.data for r in self._runners):
+            return  # warm, or warming with its trials
+        try:
+            runner = GroupRunner(shape, self.data)
+            runner.warm_up(cfg)
+        except Exception:  # its trials meet the error themselves
+            logger.warning("warming up a group failed; its trials start it", exc_info=True)
+            return
+        self._runners.append(runner)
 
     def _runner(self, shape: GroupShape, data: PreparedData) -> GroupRunner:
         """A group of this shape and data with a free slot (a new one when all are full)."""
@@ -237,7 +274,9 @@ class TrainingHosts:
     actors: tuple[Any, ...]
 
     @classmethod
-    def start(cls, n_gpus: int, slots: int, data: Any) -> TrainingHosts:
+    def start(
+        cls, n_gpus: int, slots: int, data: Any, warm: list[TrainConfig] | None = None
+    ) -> TrainingHosts:
         """One host per GPU (one in all without GPUs), ``slots`` trainings each.
 
         Ray places each host on a GPU of its own, on whichever node has one. A host that dies
@@ -248,6 +287,8 @@ class TrainingHosts:
             slots: Trials one host trains at once.
             data: Data shared by every trial (an object reference to a ``PreparedData``), or
                 None. Keep the reference while the hosts live: a restarted host reads it again.
+            warm: Trial configs whose groups every host warms up at once
+                (``TrainingHost.warm_up``), while Tune starts the trials' workers.
         """
         import ray
 
@@ -257,7 +298,10 @@ class TrainingHosts:
             max_concurrency=2 * slots + 4,  # each trial waits in take() on one thread
             max_restarts=-1,
         )
-        return cls(tuple(actor.remote(slots, data) for _ in range(max(n_gpus, 1))))
+        hosts = cls(tuple(actor.remote(slots, data) for _ in range(max(n_gpus, 1))))
+        for host in hosts.actors:
+            host.warm_up.remote(warm or [])
+        return hosts
 
     def stop(self) -> None:
         """End every host (their trainings with them)."""

@@ -262,15 +262,7 @@ class GroupRunner:
                 on_end(err)
                 return
         with self.on_lane():
-            with PROCESS_LOCK:  # the global RNGs: parameters are drawn from them
-                seeding = set_seed(
-                    cfg.seed, cfg.deterministic, cfg.cpu_threads, cfg.cuda_matmul_precision
-                )
-                n_features = self.prepared.n_genes, self.prepared.n_bio, self.prepared.n_tech
-                model = InVAE(*n_features, cfg.model).to(self.device)
-            if self.group is None:
-                tensors = self.train_set.tensors(), self.val_set.tensors()
-                self.group = TrialGroup(self.shape, *tensors, model, self.lane)
+            seeding, model = self._initialise(cfg)
             started = trial.started or (time.perf_counter(), time.time())
             generator = torch_generator(cfg.seed, self.device)
             run = _Slot(trial, cfg, -1, seeding, generator, started, get_environment_info())
@@ -282,6 +274,55 @@ class GroupRunner:
                 state = trial.resume["model"], trial.resume["optimizer"]
                 run.slot = self.group.admit(cfg, *state, step=run.step)
         self.running.append((run, on_end))
+
+    def _initialise(self, cfg: TrainConfig) -> tuple[dict[str, Any], InVAE]:
+        """Seed the process for ``cfg`` and build its module; make the group if there is none.
+
+        Returns:
+            What ``set_seed`` set, and the module, initialised from the seed.
+        """
+        with PROCESS_LOCK:  # the global RNGs: parameters are drawn from them
+            seeding = set_seed(
+                cfg.seed, cfg.deterministic, cfg.cpu_threads, cfg.cuda_matmul_precision
+            )
+            n_features = self.prepared.n_genes, self.prepared.n_bio, self.prepared.n_tech
+            model = InVAE(*n_features, cfg.model).to(self.device)
+        if self.group is None:
+            tensors = self.train_set.tensors(), self.val_set.tensors()
+            self.group = TrialGroup(self.shape, *tensors, model, self.lane)
+        return seeding, model
+
+    def warm_up(self, cfg: TrainConfig, epochs: int | None = None) -> None:
+        """Make the group and run its first epochs before any trial joins, every slot empty.
+
+        A group's first epoch compiles its code and its second captures its CUDA graph (on
+        a cold Inductor cache a minute on an H200); warmed up while a sweep's trial workers
+        start, the trials then join a group that replays its graph from their first epoch.
+        A trial's bits do not change: it joins as it would join a group that trained others
+        before it (its slot is written whole on admission, and slots share no arithmetic).
+
+        Args:
+            cfg: A config of the group's shape (its seed initialises the empty slots).
+            epochs: Epochs to run (None: as many as compile and capture need, so none for an
+                eager group).
+
+        Raises:
+            ValueError: ``cfg`` has another shape, or trials are in the group.
+        """
+        if self.shape_of(cfg, self.prepared) != self.shape:
+            raise ValueError("the config's shape is not the group's")
+        if self.running:
+            raise ValueError("trials are in the group: it is warm")
+        if self.group is not None:  # kept from earlier trials: warm already
+            return
+        if epochs is None:
+            epochs = 2 if self.shape.cuda_graphs else int(self.shape.compile)
+        with self.on_lane():
+            self._initialise(replace(cfg, group_width=self.shape.width))
+            for _ in range(epochs):
+                self.group.run_epoch(self.group.placeholder_batches())
+            if self.lane.main is not None:
+                self.lane.main.synchronize()
 
     def on_lane(self):
         """A context in which work runs on the group's own CUDA stream (none on the CPU).
