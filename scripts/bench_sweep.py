@@ -159,6 +159,7 @@ def run_packing(
         "last_first_epoch_s": max(e[0] for e in ends) - started,
         "last_finish_s": max(t["finished_unix"] for t in timings) - started,
         "after_last_s": wall - (max(t["finished_unix"] for t in timings) - started),
+        "group_warm_up_s": max((t.get("group_warm_up_s") or 0.0 for t in timings), default=0.0),
         "overhead_fraction": 1 - sum(t["total_s"] for t in timings) / (slots * wall),
     }
 

@@ -164,5 +164,7 @@ def test_a_host_warms_up_its_groups_and_their_trials_join_them(tiny_train_config
         host.start(key, c, None)
         _, (kind, result) = collect(host, key)
         assert kind == "done" and result.fingerprint == train(c, tiny_data).fingerprint, key
+        assert result.timing["group_warm_up_s"] >= 0  # the group was warm before it joined
     assert len(host._runners) == 1  # the trials trained in the warmed group
+    assert train(cfg, tiny_data).timing["group_warm_up_s"] is None  # a group made by its trial
     TrainingHost(slots=1).warm_up([cfg])  # no shared data: nothing to warm, no error

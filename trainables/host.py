@@ -234,6 +234,12 @@ class TrainingHost:
         except Exception:  # its trials meet the error themselves
             logger.warning("warming up a group failed; its trials start it", exc_info=True)
             return
+        logger.info(
+            "compiled and captured a group of %d slots (hidden %s) in %.1f s",
+            shape.width,
+            list(shape.hidden),
+            runner.warm_up_s,
+        )
         self._runners.append(runner)
 
     def _runner(self, shape: GroupShape, data: PreparedData) -> GroupRunner:

@@ -210,6 +210,7 @@ class GroupRunner:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finish")
         self._finishing: list[Future] = []
         self._pending: _Epoch | None = None  # launched by start_epoch, not yet finished
+        self.warm_up_s: float | None = None  # how long warm_up took, if the group had one
 
     @staticmethod
     def shape_of(cfg: TrainConfig, prepared: PreparedData) -> GroupShape:
@@ -317,12 +318,14 @@ class GroupRunner:
             return
         if epochs is None:
             epochs = 2 if self.shape.cuda_graphs else int(self.shape.compile)
+        tick = time.perf_counter()
         with self.on_lane():
             self._initialise(replace(cfg, group_width=self.shape.width))
             for _ in range(epochs):
                 self.group.run_epoch(self.group.placeholder_batches())
             if self.lane.main is not None:
                 self.lane.main.synchronize()
+        self.warm_up_s = time.perf_counter() - tick
 
     def on_lane(self):
         """A context in which work runs on the group's own CUDA stream (none on the CPU).
@@ -545,6 +548,8 @@ def _finish(finished: _Finished, runner: GroupRunner) -> RunResult:
             "epochs_run": len(seconds),
             "mean_epoch_s": sum(seconds) / max(len(seconds), 1),
             "epoch_s": seconds,  # of the group; the first includes compilation and capture
+            # compilation and capture before any trial joined (GroupRunner.warm_up), if any
+            "group_warm_up_s": runner.warm_up_s,
             "epoch_end_unix": run.epoch_ends,
             # of the whole process: trainings running beside this one count too
             "max_gpu_memory_bytes": (
