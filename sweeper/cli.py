@@ -7,6 +7,7 @@ file, option or key), 130 interrupted (Ctrl-C; one line).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from sweeper.overrides import load_configs, parse_overrides
 from trainables.schema import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
 
 # Overrides that make any command small enough to finish in seconds on a CPU.
 SMOKE_TRAIN = {"n_epochs": 2, "batch_size": 64, "model.hidden": [32, 32]}
@@ -57,6 +59,26 @@ def run_command(prog: str, command: Callable[[], int]) -> int:
             return EXIT_INTERRUPTED
         except (ConfigError, SweepError, DataError, ResultFileError, OutputFolderError) as err:
             return _fail(prog, err, EXIT_USAGE)
+        except BrokenPipeError:
+            if not _stdout_is_gone():
+                raise  # another pipe broke: a bug, with its traceback
+            return EXIT_BROKEN_PIPE  # output piped into `head`: stop quietly, as cat does
+
+
+def _stdout_is_gone() -> bool:
+    """Whether stdout is a pipe whose reader went away; if so, it now writes to /dev/null.
+
+    The write end of such a pipe polls as an error. Python flushes stdout once more at exit,
+    which would fail again on the closed pipe.
+    """
+    import select
+
+    poll = select.poll()
+    poll.register(sys.stdout.fileno(), select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poll.poll(0)):
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return True
 
 
 def _fail(prog: str, err: BaseException, code: int) -> int:
@@ -136,7 +158,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _sweep(prog: str, args: argparse.Namespace) -> int:
-    from sweeper.driver import run_sweep, trial_table
+    from sweeper.driver import placement_text, run_sweep, trial_table
     from sweeper.options import apply_options, sweep_dir
     from sweeper.report import format_summary, format_table
     from sweeper.searchers import plan_text
@@ -147,9 +169,10 @@ def _sweep(prog: str, args: argparse.Namespace) -> int:
     overrides = _smoke_sweep_overrides() if args.smoke else None
     sweep = apply_options(load_sweep(args.config, overrides), options)
     if args.dry_run:
-        rows = trial_table(sweep, _dry_run_gpus(args.gpus))
+        n_gpus = _dry_run_gpus(args.gpus)
         print(f"{plan_text(sweep)} -> {sweep_dir(sweep)}")
-        print(format_table(rows))
+        print(format_table(trial_table(sweep, n_gpus)))
+        print(placement_text(sweep, n_gpus))
         return EXIT_OK
     outcome = run_sweep(sweep, options)
     summary = outcome.summary

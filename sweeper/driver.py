@@ -77,6 +77,21 @@ def trial_table(sweep: LoadedSweep, n_gpus: int) -> list[dict[str, Any]]:
     ]
 
 
+def placement_text(sweep: LoadedSweep, n_gpus: int) -> str:
+    """Where the trials will train and at which ``group_width``, in a line: for ``--dry-run``."""
+    placement = plan_placement(sweep, n_gpus)
+    width = placement.group_width or 1
+    if placement.in_groups:
+        at_once = round(1 / placement.gpu_share) if placement.gpu_share else placement.host_slots
+        where = f"one process per GPU ({n_gpus})" if n_gpus else "one process on the CPUs"
+        return (
+            f"placement: {where}, each training up to {at_once} trials at once in groups of "
+            f"{width} (group_width {width}: the trials' bits depend on it)"
+        )
+    share = f", {placement.gpu_share:.4g} of a GPU each" if n_gpus else " on the CPUs"
+    return f"placement: a process per trial{share} (group_width {width})"
+
+
 @dataclass(frozen=True)
 class SweepOutcome:
     """What a sweep found and made: its verification, the HTML report of it, its summary."""

@@ -139,7 +139,8 @@ def test_dry_run_prints_the_plan_and_the_first_batch(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("48 trials (TPE: 16 points in 4 batches of 4, each point at 3 seeds")
     assert out[1].split()[:4] == ["trial", "suggestion", "seed", "replicate"]
-    rows = [line.split() for line in out[2:]]
+    assert out[-1] == "placement: a process per trial on the CPUs (group_width 1)"
+    rows = [line.split() for line in out[2:-1]]
     assert [(int(r[1]), int(r[2])) for r in rows] == [(p, s) for p in range(4) for s in range(3)]
     first = known_trials(load_sweep(sweep_file))
     assert [float(r[4]) for r in rows] == pytest.approx(

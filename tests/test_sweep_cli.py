@@ -35,8 +35,12 @@ def test_dry_run_prints_every_trial_and_starts_nothing(tmp_path, capsys):
         "cpus",
         "gpus",
     ]
-    assert len(out) == 2 + 24
+    assert len(out) == 2 + 24 + 1
     assert out[2].split()[-1] == "0.1667"  # 24 trials on 4 GPUs: 6 per GPU
+    assert out[-1] == (
+        "placement: one process per GPU (4), each training up to 6 trials at once in groups "
+        "of 6 (group_width 6: the trials' bits depend on it)"
+    )
     assert not ray.is_initialized()
     assert not any(tmp_path.iterdir())
 
@@ -243,3 +247,24 @@ def test_a_finished_trial_reports_its_record_instead_of_training(
     )
     last = {**finished.history[-1], **finished.integration}
     assert reported == [{**last, "seed": 3, "replicate": 1}]
+
+
+def test_output_piped_into_a_reader_that_goes_away_ends_without_a_traceback():
+    """``invae-sweep --dry-run | head -1``: the reader closes the pipe before the table."""
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-c",
+        "from sweeper.cli import sweep_main; raise SystemExit(sweep_main())",
+    ]
+    proc = subprocess.Popen(
+        [*command, "--config", SWEEP, "--dry-run", "--gpus", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before anything is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 141
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
