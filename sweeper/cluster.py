@@ -44,6 +44,11 @@ class Placement:
         """Whether trials train on one host per GPU."""
         return self.host_slots > 0
 
+    @property
+    def trials_at_once_per_gpu(self) -> int:
+        """How many trials one GPU trains at once (in groups: of its host's slots)."""
+        return trials_at_once(self.gpu_share, self.host_slots)
+
     def max_concurrent(self, limit: int | None) -> int | None:
         """Trials at a time: ``limit`` (None: any), never more than the GPUs can hold."""
         if self.in_groups:
@@ -84,9 +89,13 @@ def plan_placement(
         )
     slots = sweep.spec.resources.trials_per_gpu or sweep.train.group_width or MAX_GPU_GROUP_WIDTH
     share = gpus_per_trial(sweep, n_gpus, n_cpus, per_gpu_default=slots)
-    at_once = round(1 / share) if share else slots
-    width = sweep.train.group_width or group_width_for(at_once)
+    width = sweep.train.group_width or group_width_for(trials_at_once(share, slots))
     return Placement(n_gpus, share, {**resources, "gpu": 0.0}, slots, width)
+
+
+def trials_at_once(gpu_share: float, host_slots: int) -> int:
+    """Trials one GPU trains at once with ``gpu_share`` each (none: all of ``host_slots``)."""
+    return round(1 / gpu_share) if gpu_share else host_slots
 
 
 def group_width_for(trials_at_once: int) -> int:

@@ -82,7 +82,7 @@ def placement_text(sweep: LoadedSweep, n_gpus: int) -> str:
     placement = plan_placement(sweep, n_gpus)
     width = placement.group_width or 1
     if placement.in_groups:
-        at_once = round(1 / placement.gpu_share) if placement.gpu_share else placement.host_slots
+        at_once = placement.trials_at_once_per_gpu
         where = f"one process per GPU ({n_gpus})" if n_gpus else "one process on the CPUs"
         return (
             f"placement: {where}, each training up to {at_once} trials at once in groups of "

@@ -320,7 +320,7 @@ class GroupRunner:
             epochs = 2 if self.shape.cuda_graphs else int(self.shape.compile)
         tick = time.perf_counter()
         with self.on_lane():
-            self._initialise(replace(cfg, group_width=self.shape.width))
+            self._initialise(cfg)
             for _ in range(epochs):
                 self.group.run_epoch(self.group.placeholder_batches())
             if self.lane.main is not None:
