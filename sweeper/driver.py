@@ -200,20 +200,35 @@ class SweepInterrupted(KeyboardInterrupt):
 class ExperimentEnd(Callback):
     """Counts the sweep's trials that had not ended when Tune's run did.
 
-    A trial ended when it errored or its last result is done: it trained every epoch, or the
-    scheduler stopped it. After a Ctrl-C Tune stops the running trials, marks them terminated
-    and returns as if done, and trials the searcher had not suggested yet are not among its
-    trials at all: hence the count against the sweep's own number of trials.
+    A trial ended when it errored, its last result is done (it trained every epoch, or the
+    scheduler stopped it), or a run before this one ended it: a resumed run keeps the trials
+    its saved state holds as terminated, and runs them no more. Their saved last result is no
+    evidence: Tune (2.60, ``TuneController._process_trial_result``) marks a trial done that
+    returned by updating its last result in place, which its cached JSON for the saved state
+    does not see; a save between the trial's last result and its return (each second at
+    ``TUNE_GLOBAL_CHECKPOINT_S=1``, now and then) leaves ``done`` False there for good.
+    After a Ctrl-C Tune saves its state, then stops the running trials, marks them terminated
+    and returns as if done; trials the searcher had not suggested yet are not among its trials
+    at all: hence the count against the sweep's own number of trials.
     """
 
     def __init__(self, n_trials: int):
         self.n_trials = n_trials
         self.unfinished = 0
+        self._ended_before: set[str] | None = None  # trial ids; None: no step yet
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        """Note, at the first step, the trials an earlier run ended (restored terminated)."""
+        if self._ended_before is None:
+            self._ended_before = {t.trial_id for t in trials if t.status == "TERMINATED"}
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """Count the trials that did not end."""
+        self.on_step_begin(0, trials)  # no step ran: nothing has started or stopped
         ended = sum(
-            t.status == "ERROR" or (t.status == "TERMINATED" and bool(t.last_result.get("done")))
+            t.trial_id in self._ended_before
+            or t.status == "ERROR"
+            or (t.status == "TERMINATED" and bool(t.last_result.get("done")))
             for t in trials
         )
         self.unfinished = self.n_trials - ended
