@@ -6,6 +6,8 @@ sizes (z 30/5, hidden [128, 128], batch 256), same card, one process:
     python scripts/bench_epoch.py --device cuda --epochs 6 --json bench_epoch.json
     python scripts/bench_epoch.py --device cuda --impl ours --modes deterministic --profile \
         --top 40 --group-width 16    # the kernels of a group of 16's step
+    python scripts/bench_epoch.py --device cuda --impl ours --modes deterministic \
+        --inductor combo_kernels=true    # with an Inductor option set
     python scripts/bench_epoch.py --device cpu --epochs 3 --impl ours,original
 
 Rows: ``ours`` (CUDA graphs and torch.compile, the defaults; on the CPU compiled too, as
@@ -137,6 +139,18 @@ def floor_counts(data: PreparedData, batch_size: int) -> dict[str, float]:
     }
 
 
+def set_inductor_options(assignments: list[str]) -> None:
+    """Apply ``KEY=VALUE`` settings to ``torch._inductor.config`` (an unknown key is an error)."""
+    import torch._inductor.config as inductor_config
+    import yaml
+
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        if not hasattr(inductor_config, key):
+            raise SystemExit(f"--inductor: torch._inductor.config has no option {key!r}")
+        setattr(inductor_config, key, yaml.safe_load(value))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -154,10 +168,19 @@ def main() -> None:
         help="ours: the trial trains in a group of this width, its other slots empty (a "
         "group computes every slot whether a trial holds it or not)",
     )
+    parser.add_argument(
+        "--inductor",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set torch._inductor.config.KEY (a YAML value) before anything compiles, e.g. "
+        "combo_kernels=true",
+    )
     parser.add_argument("--profile", action="store_true", help="count kernels per step (CUDA)")
     parser.add_argument("--top", type=int, default=6, help="kernels listed by the profile")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    set_inductor_options(args.inductor)
 
     data = prepare_data(DataConfig())
     rows = []
@@ -191,6 +214,7 @@ def main() -> None:
         "threads": args.threads,
         "cells_train": data.train.n_cells,
         "genes": data.n_genes,
+        "inductor": ",".join(args.inductor) or "-",
         **floor_counts(data, 256),
     }
     print(

@@ -558,17 +558,20 @@ class TrialGroup:
         self._validate()
 
     def _step(self, idx: Tensor) -> None:
-        tensors = tuple(t[idx] for t in self.tensors)
         objective, totals, terms, stats = self._loss(
-            self.params, self.buffers, tensors, self.seeds, self.steps, self.hyper
+            self.params, self.buffers, self.tensors, idx, self.seeds, self.steps, self.hyper
         )
         leaves = list(self.params.values())
         grads = dict(zip(self.params, torch.autograd.grad(objective, leaves), strict=True))
         self._update(grads, stats, totals, terms, idx.shape[1])
 
-    def _train_loss(self, params, buffers, tensors, seeds, steps, hyper):
+    def _train_loss(self, params, buffers, tensors, idx, seeds, steps, hyper):
+        # The minibatches are gathered here, inside the compiled code, which reads the cells
+        # where they are used rather than copying them out first (H200, width 16: three
+        # gather kernels, 84 us of a step's 2.7 ms).
+        batch = tuple(t[idx] for t in tensors)
         noise = (seeds, steps, hyper["dropout"])
-        terms, stats = self.model.loss_terms(params, buffers, tensors, noise)
+        terms, stats = self.model.loss_terms(params, buffers, batch, noise)
         recon, kl_i, kl_s, indep = terms
         beta = kl_weights(steps.to(torch.float32), hyper)
         totals = recon + beta * (kl_i + kl_s) + hyper["indep_weight"] * indep
