@@ -5,8 +5,8 @@ and learning rates varying) filling it, on the pancreas-shape data with the defa
 prints a table: ms per group epoch (median after the first two: compilation, capture), epochs/s
 of all the group's trials while they train and over the whole call (compilation included), the
 first epoch's seconds (compiling; from Inductor's on-disk cache when it holds the code) and the
-second's (capturing the CUDA graph), torch's peak GPU memory, and whether the middle slot's trial ended with
-the bits of the trial alone:
+second's (capturing the CUDA graph), torch's peak GPU memory, and whether the middle slot's
+trial ended with the bits of the trial alone:
 
     python scripts/bench_group.py --widths 1,8,16,32 --epochs 20 --json bench_group.json
 
@@ -144,7 +144,8 @@ def main() -> None:
                 f"| {row['width']} | {row['groups']} | {row['trials']} "
                 f"| {row['ms_per_epoch']:.1f} "
                 f"| {row['epochs_per_s_training']:.0f} | {row['epochs_per_s_wall']:.0f} "
-                f"| {row['first_epoch_s']:.1f} | {row['second_epoch_s']:.1f} | {memory} | {row['same_bits_as_alone']} |",
+                f"| {row['first_epoch_s']:.1f} | {row['second_epoch_s']:.1f} | {memory} "
+                f"| {row['same_bits_as_alone']} |",
                 flush=True,
             )
             rows.append(row)
