@@ -235,7 +235,7 @@ class TrainingHost:
             logger.warning("warming up a group failed; its trials start it", exc_info=True)
             return
         logger.info(
-            "compiled and captured a group of %d slots (hidden %s) in %.1f s",
+            "warmed up a group of %d slots (hidden %s) before its trials in %.1f s",
             shape.width,
             list(shape.hidden),
             runner.warm_up_s,
