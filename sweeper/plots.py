@@ -44,12 +44,13 @@ def replicate_curves_png(group: GroupVerdict, mark_epoch: int | None = None) -> 
         mark_epoch: An epoch to mark with a vertical line (the first divergence), if any.
 
     Returns:
-        The PNG's bytes, the lowest replicate (the reference) first; None when no member has
-        a history.
+        The PNG's bytes, the lowest replicate (the reference) first; None when fewer than two
+        members have a history: one curve overlays nothing (a sweep without replicates has a
+        group per trial, and a figure each would cost a sweep of 64 trials seconds).
     """
     replicate = {m.trial_id: m.replicate for m in group.members}
     trials = sorted(group.histories, key=lambda t: replicate.get(t, 0))
-    if not trials:
+    if len(trials) < 2:
         return None
     curves = [(f"replicate {replicate.get(t, '?')} ({t})", group.histories[t]) for t in trials]
     title = f"seed {group.seed}: {group.status.replace('_', ' ')}"

@@ -218,12 +218,14 @@ def test_verdict_table_puts_the_failure_first_and_locates_it():
     assert verdict == "FAIL: 1 of 2 groups diverged (1 identical)"
 
 
-def test_report_writes_markdown_html_and_one_png_per_group(tmp_path):
+def test_report_writes_markdown_html_and_a_png_per_group_of_two_curves(tmp_path):
     md, _ = write(tmp_path, identical_group(0), diverged_group(), incomplete_group())
-    for i in range(3):
+    for i in range(2):
         png = tmp_path / f"verification_group_{i}.png"
         assert png.read_bytes().startswith(PNG_MAGIC)
         assert f"]({png.name})" in md
+    assert not (tmp_path / "verification_group_2.png").exists()  # one curve: nothing overlaid
+    assert "verification_group_2.png" not in md
     names = [p.name for p in tmp_path.iterdir()]
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names)
     assert {"verification.md", "verification.html"} <= set(names)
@@ -303,8 +305,9 @@ def test_long_histories_still_plot(tmp_path):
     assert replicate_curves_png(long, mark_epoch=3).startswith(PNG_MAGIC)
 
 
-def test_group_without_histories_has_no_figure():
+def test_group_of_fewer_than_two_histories_has_no_figure():
     assert replicate_curves_png(group("incomplete", [], [])) is None
+    assert replicate_curves_png(incomplete_group()) is None  # one member completed
 
 
 @pytest.mark.parametrize(
