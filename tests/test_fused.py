@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trainables.concurrency import Lane
+from trainables.concurrency import Lane, new_stream
 from trainables.config import ModelConfig, TrainConfig
 from trainables.fused import (
     GroupShape,
@@ -178,6 +178,32 @@ def test_each_slot_is_clipped_to_its_own_norm():
     for name in grads:  # no clipping, and a norm under the limit: untouched
         assert torch.equal(clipped[name][1], grads[name][1])
         assert torch.equal(clipped[name][2], grads[name][2])
+
+
+class FailingCudart:
+    """``torch.cuda.cudart()`` as a GPU out of stream resources answers."""
+
+    def cudaStreamCreate(self, handle_address):
+        return 2
+
+    def cudaGetErrorString(self, error):
+        return "out of memory" if error == 2 else "?"
+
+
+@pytest.mark.parametrize("connections", [None, "32"])
+def test_a_stream_that_cannot_be_made_says_why_and_what_the_environment_has_to_do_with_it(
+    monkeypatch, connections
+):
+    monkeypatch.setattr(torch.cuda, "cudart", FailingCudart)
+    if connections is None:
+        monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", connections)
+    with pytest.raises(RuntimeError) as raised:
+        new_stream()
+    message = str(raised.value)
+    assert message.startswith("cudaStreamCreate failed: out of memory (CUDA error 2)")
+    assert ("CUDA_DEVICE_MAX_CONNECTIONS=32" in message) == (connections is not None)
 
 
 def test_kl_weight_warms_up_linearly_per_step():

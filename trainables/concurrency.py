@@ -17,6 +17,7 @@ counter-based (``trainables.noise``).
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from dataclasses import dataclass
 
@@ -77,8 +78,27 @@ def new_stream() -> torch.cuda.ExternalStream:
     ``torch.cuda.Stream()`` hands out 32 pooled streams in turn, so trainings would share
     streams past a few; this one is made for the caller and lives as long as the process.
     """
+    cudart = torch.cuda.cudart()
     handle = ctypes.c_void_p()
-    error = torch.cuda.cudart().cudaStreamCreate(ctypes.addressof(handle))
+    error = cudart.cudaStreamCreate(ctypes.addressof(handle))
     if int(error) != 0:
-        raise RuntimeError(f"cudaStreamCreate failed with CUDA error {int(error)}")
+        raise RuntimeError(stream_error(int(error), cudart.cudaGetErrorString(error)))
     return torch.cuda.ExternalStream(handle.value)
+
+
+def stream_error(code: int, description: str) -> str:
+    """Why a stream could not be made, and, where the environment can explain it, how.
+
+    ``CUDA_DEVICE_MAX_CONNECTIONS`` gives every process that many hardware queues on its GPU;
+    with many processes on one GPU they run out (H200, 16 processes with 32 each: some failed
+    to make streams with CUDA error 2, none with the variable unset; ``docs/performance.md``).
+    """
+    message = f"cudaStreamCreate failed: {description} (CUDA error {code})"
+    connections = os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")
+    if connections is not None:
+        message += (
+            f"; CUDA_DEVICE_MAX_CONNECTIONS={connections} gives each process on a GPU that many "
+            "hardware queues, which many processes on one GPU can use up: unset it, or train a "
+            "GPU's trials in one process (resources.one_process_per_gpu)"
+        )
+    return message
