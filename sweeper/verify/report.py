@@ -56,10 +56,9 @@ def write_verification_report(verification: Verification, folder: str | Path) ->
     First the verdict, the seal and every alteration and missing file; then per group, worst
     first: the replicates' loss curves overlaid (where two or more have a history), the first
     divergence and the differing tensors (tolerance figures and reasons where environments
-    rule out bit equality), then the
-    members' environments with differing fields highlighted. The markdown links the figures,
-    written beside it as ``verification_group_<i>.png`` (``i``: the group's index in the
-    verification); the HTML embeds them.
+    rule out bit equality), then the members' environments with differing fields highlighted.
+    The markdown links the figures, written beside it as ``verification_group_<i>.png``
+    (``i``: the group's index in the verification); the HTML embeds them.
 
     Returns:
         The paths of the markdown and the HTML file.
