@@ -9,11 +9,13 @@ trial, mean GPU utilisation (nvidia-smi) and the driver's overhead:
     python scripts/bench_sweep.py --packing 4 --trials 16 --epochs 500   # configs/sweep.yaml's
     python scripts/bench_sweep.py --sequential 16 --epochs 30    # overhead, one trial at a time
 
-Aggregate epochs/s: "together" counts the epochs that ended while all trials of the sweep were
+Aggregate epochs/s, of the trials that completed: "wall" divides their epochs by the sweep's
+wall time (the call of ``run_sweep``: Ray's start to its shutdown, outputs included), what a
+user waits for; "together" counts the epochs that ended while all trials of the sweep were
 training (from the last trial's first epoch end to the first trial's last epoch end) over that
-window (None when the trials never trained all at once); "span" divides all epochs by the time
-from the first trial's start to the last one's end, start-up and compilation included. GPU
-memory per trial: nvidia-smi's peak memory in use on the GPU (CUDA contexts included) over the
+window (None when the trials never trained all at once); "span" divides their epochs by the
+time from the first trial's start to the last one's end, start-up and compilation included.
+GPU memory per trial: nvidia-smi's peak memory in use on the GPU (CUDA contexts included) over the
 trials at a time; torch's peak is per process, so it is given per process.
 
 Overhead: the share of the sweep's trial slots not spent training. With k trials at a time
@@ -142,8 +144,9 @@ def run_packing(
         "train": " ".join(f"{key}={value}" for key, value in train.items()) or "-",
         "trials": n_trials,
         "completed": summary.n_completed,
+        "wall_epochs_per_s": len(completed) * epochs / wall,  # what the user waits for
         "together_epochs_per_s": together_rate(ends, window) if n_trials == slots else None,
-        "span_epochs_per_s": n_trials * epochs / span,
+        "span_epochs_per_s": len(completed) * epochs / span,
         "per_trial_s_per_epoch": per_trial,
         "first_epoch_s": statistics.median(t["epoch_s"][0] for t in timings),
         "finish_lag_s_max": max(lags),  # last epoch's end to the trial's result
