@@ -169,10 +169,10 @@ def _sweep(prog: str, args: argparse.Namespace) -> int:
     overrides = _smoke_sweep_overrides() if args.smoke else None
     sweep = apply_options(load_sweep(args.config, overrides), options)
     if args.dry_run:
-        n_gpus = _dry_run_gpus(args.gpus)
+        n_gpus, n_cpus = _dry_run_gpus(args.gpus), _dry_run_cpus(args)
         print(f"{plan_text(sweep)} -> {sweep_dir(sweep)}")
-        print(format_table(trial_table(sweep, n_gpus)))
-        print(placement_text(sweep, n_gpus))
+        print(format_table(trial_table(sweep, n_gpus, n_cpus)))
+        print(placement_text(sweep, n_gpus, n_cpus))
         return EXIT_OK
     outcome = run_sweep(sweep, options)
     summary = outcome.summary
@@ -217,6 +217,20 @@ def _smoke_sweep_overrides() -> dict[str, Any]:
     return {f"train.{k}": v for k, v in SMOKE_TRAIN.items()} | {
         f"data.{k}": v for k, v in SMOKE_DATA.items()
     }
+
+
+def _dry_run_cpus(args: argparse.Namespace) -> float | None:
+    """The CPUs a Ray started here would have: ``--cpus``, else this machine's as Ray counts them.
+
+    None for a cluster (``--address`` or ``RAY_ADDRESS``), whose CPUs a dry run does not ask for.
+    """
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        return None
+    if args.cpus is not None:
+        return args.cpus
+    from ray._private.utils import get_num_cpus  # what ray.init(num_cpus=None) counts
+
+    return get_num_cpus()
 
 
 def _dry_run_gpus(gpus: int | None) -> int:

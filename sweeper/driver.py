@@ -60,9 +60,14 @@ OUTPUTS_LOG = "outputs-error.log"
 """The traceback of a failed post-sweep output, in the sweep folder."""
 
 
-def trial_table(sweep: LoadedSweep, n_gpus: int) -> list[dict[str, Any]]:
-    """One row per trial known before the sweep starts (``known_trials``): for ``--dry-run``."""
-    gpu = plan_placement(sweep, n_gpus).gpu_share
+def trial_table(
+    sweep: LoadedSweep, n_gpus: int, n_cpus: float | None = None
+) -> list[dict[str, Any]]:
+    """One row per trial known before the sweep starts (``known_trials``): for ``--dry-run``.
+
+    ``n_cpus``: the CPUs Ray will have (None: unknown, as on a cluster not yet connected to).
+    """
+    gpu = plan_placement(sweep, n_gpus, n_cpus).gpu_share
     return [
         {
             "trial": i,
@@ -77,16 +82,26 @@ def trial_table(sweep: LoadedSweep, n_gpus: int) -> list[dict[str, Any]]:
     ]
 
 
-def placement_text(sweep: LoadedSweep, n_gpus: int) -> str:
-    """Where the trials will train and at which ``group_width``, in a line: for ``--dry-run``."""
-    placement = plan_placement(sweep, n_gpus)
+def placement_text(sweep: LoadedSweep, n_gpus: int, n_cpus: float | None = None) -> str:
+    """Where the trials will train and at which ``group_width``, in a line: for ``--dry-run``.
+
+    ``n_cpus`` as for :func:`trial_table`: each trial reserves ``cpus_per_trial`` of them, so
+    they can cap the trials at once, and with them the group width.
+    """
+    placement = plan_placement(sweep, n_gpus, n_cpus)
     width = placement.group_width or 1
     if placement.in_groups:
         at_once = placement.trials_at_once_per_gpu
         where = f"one process per GPU ({n_gpus})" if n_gpus else "one process on the CPUs"
+        unlimited = plan_placement(sweep, n_gpus).trials_at_once_per_gpu
+        cpus = (
+            f" ({n_cpus:g} CPUs, {sweep.spec.resources.cpus_per_trial:g} per trial)"
+            if n_cpus is not None and at_once < unlimited
+            else ""
+        )
         return (
-            f"placement: {where}, each training up to {at_once} trials at once in groups of "
-            f"{width} (group_width {width}: the trials' bits depend on it)"
+            f"placement: {where}, each training up to {at_once} trials at once{cpus} in groups "
+            f"of {width} (group_width {width}: the trials' bits depend on it)"
         )
     share = f", {placement.gpu_share:.4g} of a GPU each" if n_gpus else " on the CPUs"
     return f"placement: a process per trial{share} (group_width {width})"

@@ -21,9 +21,18 @@ SWEEP = str(Path(__file__).parents[1] / "configs" / "sweep.yaml")
 def test_dry_run_prints_every_trial_and_starts_nothing(tmp_path, capsys):
     import ray
 
-    assert (
-        sweep_main(["--config", SWEEP, "--dry-run", "--gpus", "4", "--storage", str(tmp_path)]) == 0
-    )
+    args = [
+        "--config",
+        SWEEP,
+        "--dry-run",
+        "--gpus",
+        "4",
+        "--cpus",
+        "24",
+        "--storage",
+        str(tmp_path),
+    ]
+    assert sweep_main(args) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("24 trials ->")
     assert out[1].split() == [
@@ -43,6 +52,44 @@ def test_dry_run_prints_every_trial_and_starts_nothing(tmp_path, capsys):
     )
     assert not ray.is_initialized()
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("cpus", "expected"),
+    [
+        ("24", "up to 24 trials at once in groups of 12"),
+        ("16", "up to 16 trials at once (16 CPUs, 1 per trial) in groups of 16"),
+        ("8", "up to 8 trials at once (8 CPUs, 1 per trial) in groups of 8"),
+    ],
+)
+def test_dry_run_plans_with_the_cpus_the_sweep_will_have(tmp_path, capsys, cpus, expected):
+    """Each trial reserves cpus_per_trial: fewer CPUs than trials train fewer at once.
+
+    They then train in narrower groups, and the group width sets the trials' bits.
+    """
+    args = [
+        "--config",
+        SWEEP,
+        "--dry-run",
+        "--gpus",
+        "1",
+        "--cpus",
+        cpus,
+        "--storage",
+        str(tmp_path),
+    ]
+    assert sweep_main(args) == 0
+    assert expected in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_dry_run_counts_this_machines_cpus_as_ray_would(tmp_path, capsys, monkeypatch):
+    import ray._private.utils
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: 4)
+    args = ["--config", SWEEP, "--dry-run", "--gpus", "1", "--storage", str(tmp_path)]
+    assert sweep_main(args) == 0
+    assert "up to 4 trials at once (4 CPUs, 1 per trial)" in capsys.readouterr().out
 
 
 def test_an_existing_sweep_folder_is_never_overwritten(tmp_path, capsys):
