@@ -90,8 +90,10 @@ def stream_error(code: int, description: str) -> str:
     """Why a stream could not be made, and, where the environment can explain it, how.
 
     ``CUDA_DEVICE_MAX_CONNECTIONS`` gives every process that many hardware queues on its GPU;
-    with many processes on one GPU they run out (H200, 16 processes with 32 each: some failed
-    to make streams with CUDA error 2, none with the variable unset; ``docs/performance.md``).
+    with many processes on one GPU they can run out (H200, the variable at 32: trials of
+    process-per-trial sweeps of 16 and 64 failed here with CUDA error 2, and 3 of 16 processes
+    of a probe gave no result; with it unset the probe's 16 and 32 processes made their
+    streams; ``docs/performance.md``).
     """
     message = f"cudaStreamCreate failed: {description} (CUDA error {code})"
     connections = os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")
