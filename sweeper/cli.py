@@ -11,11 +11,14 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeper.benchmark.records import TRAINED_BASELINES
 from sweeper.overrides import load_configs, parse_overrides
 from trainables.schema import ConfigError
+
+if TYPE_CHECKING:  # for annotations: the commands import sweeper.options where they use it
+    from sweeper.options import DriverOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
@@ -169,7 +172,7 @@ def _sweep(prog: str, args: argparse.Namespace) -> int:
     overrides = _smoke_sweep_overrides() if args.smoke else None
     sweep = apply_options(load_sweep(args.config, overrides), options)
     if args.dry_run:
-        n_gpus, n_cpus = _dry_run_gpus(args.gpus), _dry_run_cpus(args)
+        n_gpus, n_cpus = _dry_run_gpus(args.gpus), _dry_run_cpus(options)
         print(f"{plan_text(sweep)} -> {sweep_dir(sweep)}")
         print(format_table(trial_table(sweep, n_gpus, n_cpus)))
         print(placement_text(sweep, n_gpus, n_cpus))
@@ -219,15 +222,15 @@ def _smoke_sweep_overrides() -> dict[str, Any]:
     }
 
 
-def _dry_run_cpus(args: argparse.Namespace) -> float | None:
+def _dry_run_cpus(options: DriverOptions) -> float | None:
     """The CPUs a Ray started here would have: ``--cpus``, else this machine's as Ray counts them.
 
     None for a cluster (``--address`` or ``RAY_ADDRESS``), whose CPUs a dry run does not ask for.
     """
-    if args.address or os.environ.get("RAY_ADDRESS"):
+    if options.cluster_address:
         return None
-    if args.cpus is not None:
-        return args.cpus
+    if options.cpus is not None:
+        return options.cpus
     from ray._private.utils import get_num_cpus  # what ray.init(num_cpus=None) counts
 
     return get_num_cpus()

@@ -179,7 +179,7 @@ def connect(options: DriverOptions, env: dict[str, str]) -> tuple[int, float, bo
     import ray
 
     started = False
-    address = options.address or os.environ.get("RAY_ADDRESS")
+    address = options.cluster_address
     # The driver's own W&B callback reads it too, in a Ray that was already running. A Ray
     # started here passes it on to its workers, which start faster without a runtime_env
     # (~2 s per batch of worker processes on 2 cores); a cluster's nodes get it through

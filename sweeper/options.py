@@ -38,6 +38,11 @@ class DriverOptions:
         if self.cpus is not None and self.cpus < 1:
             raise ConfigError("", f"got {self.cpus}; allowed: an integer >= 1", "--cpus")
 
+    @property
+    def cluster_address(self) -> str | None:
+        """The Ray cluster the sweep joins: ``--address``, else ``RAY_ADDRESS`` (None: none)."""
+        return self.address or os.environ.get("RAY_ADDRESS")
+
 
 def apply_options(sweep: LoadedSweep, options: DriverOptions) -> LoadedSweep:
     """Return the sweep with ``--name`` / ``--storage`` applied.
@@ -105,7 +110,7 @@ def check_local_gpus(options: DriverOptions) -> None:
     """Refuse more ``--gpus`` than this machine has, when the sweep starts its own Ray."""
     import ray
 
-    if options.gpus is None or options.address or os.environ.get("RAY_ADDRESS"):
+    if options.gpus is None or options.cluster_address:
         return
     if ray.is_initialized():  # a Ray this process started, with the GPUs it was given
         return
